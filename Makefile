@@ -1,0 +1,51 @@
+# motfm: `make demo` (set up, train on the embedded phantom, sample, evaluate) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel used by CI and the demo; GPU users: make install TORCH="torch==2.5.1" (any >= 2.3).
+TORCH ?= torch==2.13.0
+DEMO_DIR ?= outputs/demo
+
+export WANDB_MODE ?= offline
+export HF_HUB_OFFLINE ?= 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install demo test test-all lint format bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first and pinned through a constraint, so that no dependency pulls another (CUDA) build.
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	echo "$(TORCH)" > $(VENV)/torch-constraint.txt
+	$(BIN)/python -m pip install -q -c $(VENV)/torch-constraint.txt -e ".[dev,data]"
+	$(BIN)/python -c "import torch, motfm; print('motfm installed with torch', torch.__version__)"
+	touch $@
+
+demo: install
+	$(BIN)/python -m motfm.train experiment=demo hydra.run.dir=$(DEMO_DIR)/train
+	$(BIN)/python -m motfm.sample ckpt_path=$(DEMO_DIR)/train/checkpoints/last.ckpt \
+		num_samples=64 batch_size=64 steps=10 hydra.run.dir=$(DEMO_DIR)/samples
+	@echo "demo outputs in $(DEMO_DIR): train/checkpoints, train/samples/*.png, samples/grid.png, samples/samples.npz"
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-all: install
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+lint: install
+	$(BIN)/ruff check src tests scripts experiments
+	$(BIN)/ruff format --check src tests scripts experiments
+
+format: install
+	$(BIN)/ruff check --fix src tests scripts experiments
+	$(BIN)/ruff format src tests scripts experiments
+
+bench: install
+	$(BIN)/python -m motfm.bench
+
+clean:
+	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -1,0 +1,86 @@
+"""Lightning callbacks: pictures of samples during training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from motfm.io.images import sample_picture, save_png, with_masks
+
+
+def validation_conditions(
+    trainer: L.Trainer, module: Any, num_samples: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Labels ``[N]`` and masks ``[N, 1, *spatial]`` of the first validation samples (cycled), as needed."""
+    need_label, need_mask = module.net.num_classes > 0, module.net.num_mask_labels > 0
+    if not (need_label or need_mask):
+        return None, None
+    ds = trainer.datamodule.dataset("val")
+    items = [ds[i % len(ds)] for i in range(num_samples)]
+    labels = torch.stack([s["label"] for s in items]).to(module.device) if need_label else None
+    masks = torch.stack([s["mask"] for s in items]).to(module.device) if need_mask else None
+    return labels, masks
+
+
+class SampleGrid(L.Callback):
+    """Every ``every_n_epochs`` validation epochs, sample fixed seeds with the EMA weights and save a PNG.
+
+    For 3D models the picture shows the three orthogonal mid slices of each volume; for
+    mask-conditioned models each mask is drawn above its sample. The picture goes to
+    ``<dirpath>/epoch=E-step=S.png`` and to the W&B logger when one is active.
+
+    Args:
+        dirpath: folder of the pictures.
+        num_samples: images per grid.
+        steps: solver steps.
+        solver: ODE solver.
+        seed: sampling seed (the same images every time, so progress is comparable).
+        guidance_scale: classifier-free guidance weight for class-conditional models.
+        every_n_epochs: sampling period in validation epochs.
+        upscale: enlarge the picture this many times.
+    """
+
+    def __init__(
+        self,
+        dirpath: str,
+        num_samples: int = 16,
+        steps: int = 10,
+        solver: str = "euler",
+        seed: int = 0,
+        guidance_scale: float = 1.0,
+        every_n_epochs: int = 1,
+        upscale: int = 2,
+    ) -> None:
+        self.dirpath = Path(dirpath)
+        self.num_samples, self.steps, self.solver, self.seed = num_samples, steps, solver, seed
+        self.guidance_scale, self.every_n_epochs, self.upscale = guidance_scale, every_n_epochs, upscale
+        self.last_path: Path | None = None
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        """Sample and save the grid."""
+        if trainer.sanity_checking or (trainer.current_epoch % self.every_n_epochs):
+            return
+        labels, masks = validation_conditions(trainer, pl_module, self.num_samples)
+        result = pl_module.generate(
+            list(range(self.num_samples)),
+            self.seed,
+            self.solver,
+            self.steps,
+            labels,
+            masks,
+            self.guidance_scale,
+        )
+        images = result.x if masks is None else with_masks(result.x, masks, pl_module.net.num_mask_labels)
+        picture = sample_picture(images)
+        path = self.dirpath / f"epoch={trainer.current_epoch:03d}-step={trainer.global_step:06d}.png"
+        save_png(picture, path, self.upscale)
+        self.last_path = path
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key="samples", images=[str(path)], step=trainer.global_step)

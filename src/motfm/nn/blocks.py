@@ -1,0 +1,89 @@
+"""Convolutional building blocks shared by 2D and 3D networks (chosen by ``spatial_dims``)."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def conv_nd(spatial_dims: int, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1) -> nn.Module:
+    """A 2D or 3D convolution with 'same' padding for odd kernels."""
+    conv = {2: nn.Conv2d, 3: nn.Conv3d}[spatial_dims]
+    return conv(in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2)
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Set all parameters of ``module`` to zero and return it."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+def check_groups(channels: int, groups: int) -> None:
+    """Raise a clear error if GroupNorm cannot split ``channels`` into ``groups``."""
+    if channels % groups:
+        raise ValueError(f"channels {channels} are not divisible by norm_groups {groups}")
+
+
+class ResBlock(nn.Module):
+    """Residual block with GroupNorm, SiLU and an additive time embedding (Ho et al. 2020, App. B).
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_ch: input channels.
+        out_ch: output channels.
+        temb_dim: width of the time embedding.
+        norm_groups: GroupNorm groups.
+        dropout: dropout before the second convolution.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_ch: int,
+        out_ch: int,
+        temb_dim: int,
+        norm_groups: int,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        check_groups(in_ch, norm_groups)
+        check_groups(out_ch, norm_groups)
+        self.norm1 = nn.GroupNorm(norm_groups, in_ch, eps=1e-6)
+        self.conv1 = conv_nd(spatial_dims, in_ch, out_ch)
+        self.temb = nn.Linear(temb_dim, out_ch)
+        self.norm2 = nn.GroupNorm(norm_groups, out_ch, eps=1e-6)
+        self.drop = nn.Dropout(dropout)
+        self.conv2 = zero_module(conv_nd(spatial_dims, out_ch, out_ch))
+        self.skip = nn.Identity() if in_ch == out_ch else conv_nd(spatial_dims, in_ch, out_ch, kernel_size=1)
+
+    def forward(self, x: Tensor, temb: Tensor) -> Tensor:
+        """``x`` ``[B, in_ch, *spatial]``, ``temb`` ``[B, temb_dim]`` -> ``[B, out_ch, *spatial]``."""
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.temb(F.silu(temb)).view(*temb.shape[:1], -1, *([1] * (x.ndim - 2)))
+        h = self.conv2(self.drop(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class Downsample(nn.Module):
+    """Halve every spatial size with a stride-2 convolution."""
+
+    def __init__(self, spatial_dims: int, channels: int) -> None:
+        super().__init__()
+        self.conv = conv_nd(spatial_dims, channels, channels, stride=2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, C, *S] -> [B, C, *S/2]``."""
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Double every spatial size (nearest neighbour) and convolve."""
+
+    def __init__(self, spatial_dims: int, channels: int) -> None:
+        super().__init__()
+        self.conv = conv_nd(spatial_dims, channels, channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, C, *S] -> [B, C, *2S]``."""
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

@@ -1,0 +1,137 @@
+"""ControlNet for mask conditioning (Zhang et al. 2023, "Adding Conditional Control to Text-to-Image
+Diffusion Models", Sec. 3).
+
+A trainable copy of the UNet encoder (time embedding, input conv, down levels, middle block) reads
+the noisy image plus an embedding of the mask; every activation it produces passes through a
+zero-initialised 1x1 convolution and is added to the corresponding skip (and middle activation) of
+the UNet. At initialisation all residuals are zero, so the conditioned model equals the base model.
+The copy receives the same cross-attention context as the UNet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from motfm.nn.blocks import conv_nd, zero_module
+from motfm.nn.unet import UNet, UNetConfig, UNetEncoder
+
+
+def one_hot_mask(mask: Tensor, num_labels: int, spatial_dims: int) -> Tensor:
+    """Check an integer label map and turn it into one-hot channels.
+
+    Args:
+        mask: int64 label map ``[B, 1, *spatial]`` with values in ``0 .. num_labels - 1``.
+        num_labels: number of labels including background.
+        spatial_dims: 2 or 3.
+
+    Returns:
+        float ``[B, num_labels, *spatial]``.
+    """
+    if mask.ndim != spatial_dims + 2 or mask.shape[1] != 1:
+        raise ValueError(
+            f"mask must have shape [B, 1, {', '.join(['S'] * spatial_dims)}], got {tuple(mask.shape)}"
+        )
+    if mask.is_floating_point():
+        raise ValueError(f"mask must be an integer label map, got dtype {mask.dtype}")
+    if mask.numel() and (int(mask.min()) < 0 or int(mask.max()) >= num_labels):
+        raise ValueError(
+            f"mask labels span [{int(mask.min())}, {int(mask.max())}], expected 0..{num_labels - 1}"
+        )
+    onehot = F.one_hot(mask[:, 0].long(), num_labels)
+    return onehot.movedim(-1, 1).float()
+
+
+class MaskEmbedding(nn.Module):
+    """Small convolutional embedding of a one-hot mask into the UNet's first feature width.
+
+    The last convolution is zero-initialised, as in ControlNet's condition encoder.
+    """
+
+    def __init__(self, spatial_dims: int, num_labels: int, hidden: Sequence[int], out_ch: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        ch = num_labels
+        for h in hidden:
+            layers += [conv_nd(spatial_dims, ch, h), nn.SiLU()]
+            ch = h
+        layers.append(zero_module(conv_nd(spatial_dims, ch, out_ch)))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, onehot: Tensor) -> Tensor:
+        """``[B, num_labels, *spatial] -> [B, out_ch, *spatial]``."""
+        return self.net(onehot)
+
+
+class ControlNet(nn.Module):
+    """The trainable encoder copy with zero convolutions.
+
+    Args:
+        cfg: the UNet's architecture.
+        num_mask_labels: labels of the conditioning mask including background.
+        mask_embed_channels: hidden widths of the mask embedding.
+    """
+
+    def __init__(
+        self, cfg: UNetConfig, num_mask_labels: int, mask_embed_channels: Sequence[int] = (16, 32)
+    ) -> None:
+        super().__init__()
+        if num_mask_labels < 2:
+            raise ValueError(
+                f"a mask needs at least 2 labels (background and one structure), got {num_mask_labels}"
+            )
+        self.cfg = cfg
+        self.num_mask_labels = num_mask_labels
+        self.mask_embed = MaskEmbedding(
+            cfg.spatial_dims, num_mask_labels, mask_embed_channels, cfg.channels[0]
+        )
+        self.encoder = UNetEncoder(cfg)
+        self.zero_convs = nn.ModuleList(
+            zero_module(conv_nd(cfg.spatial_dims, c, c, kernel_size=1)) for c in self.encoder.skip_channels
+        )
+        self.mid_zero_conv = zero_module(conv_nd(cfg.spatial_dims, cfg.channels[-1], cfg.channels[-1], 1))
+
+    @classmethod
+    def from_unet(
+        cls, unet: UNet, num_mask_labels: int, mask_embed_channels: Sequence[int] = (16, 32)
+    ) -> ControlNet:
+        """Build a ControlNet whose encoder starts as an exact copy of ``unet``'s encoder."""
+        net = cls(unet.cfg, num_mask_labels, mask_embed_channels)
+        net.encoder.load_state_dict(unet.encoder.state_dict())
+        return net
+
+    def forward(
+        self, x: Tensor, t: Tensor, mask: Tensor, context: Tensor | None = None, scale: float = 1.0
+    ) -> tuple[list[Tensor], Tensor]:
+        """Compute the residuals for the UNet.
+
+        Args:
+            x: noisy image ``[B, C, *spatial]``.
+            t: time ``[B]``.
+            mask: int64 label map ``[B, 1, *spatial]``.
+            context: the same cross-attention context the UNet receives.
+            scale: ``conditioning_scale`` multiplying every residual.
+
+        Returns:
+            ``(down_residuals, mid_residual)`` matching the UNet's skips and middle activation.
+        """
+        onehot = one_hot_mask(mask, self.num_mask_labels, self.cfg.spatial_dims).to(x.dtype)
+        if onehot.shape[2:] != x.shape[2:]:
+            raise ValueError(
+                f"mask spatial size {tuple(onehot.shape[2:])} differs from image {tuple(x.shape[2:])}"
+            )
+        onehot = onehot.contiguous(memory_format=_memory_format(x))
+        h, skips, _ = self.encoder(x, t, context, hint=self.mask_embed(onehot))
+        down = [conv(s) * scale for conv, s in zip(self.zero_convs, skips)]
+        return down, self.mid_zero_conv(h) * scale
+
+
+def _memory_format(x: Tensor) -> torch.memory_format:
+    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if x.ndim == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format

@@ -1,0 +1,86 @@
+"""Embeddings of continuous time and of class labels."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def sinusoidal_embedding(t: Tensor, dim: int, scale: float = 1000.0, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding of a *continuous* time (Vaswani et al. 2017, Sec. 3.5; Ho et al. 2020).
+
+    ``t`` is used as a float: ``scale * t`` spans the same range [0, 1000] as the integer steps of
+    diffusion models, but is never floored (the original MOTFM floored it to 0..998).
+
+    Args:
+        t: time ``[B]`` in [0, 1].
+        dim: embedding width (even).
+        scale: multiplier applied to ``t`` before the frequencies.
+        max_period: the slowest period.
+
+    Returns:
+        ``[B, dim]`` float32 embedding ``[cos(w_k s t), sin(w_k s t)]``.
+    """
+    if dim % 2:
+        raise ValueError(f"time embedding width must be even, got {dim}")
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = (scale * t.float())[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class TimeEmbedding(nn.Module):
+    """Sinusoidal features of t followed by a two-layer MLP.
+
+    Args:
+        base_dim: width of the sinusoidal features.
+        out_dim: width of the embedding fed to every residual block.
+    """
+
+    def __init__(self, base_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.base_dim = base_dim
+        self.mlp = nn.Sequential(nn.Linear(base_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+
+    def forward(self, t: Tensor) -> Tensor:
+        """Map time ``[B]`` to ``[B, out_dim]``."""
+        return self.mlp(sinusoidal_embedding(t, self.base_dim))
+
+
+class ClassEmbedding(nn.Module):
+    """Class labels as a learned token sequence, the context of cross-attention.
+
+    Index ``num_classes`` is the learned *null* token used for classifier-free guidance
+    (Ho & Salimans 2022): the unconditional model is the same network given the null token.
+
+    Args:
+        num_classes: number of real classes.
+        num_tokens: tokens per label (sequence length ``L`` of the context).
+        dim: token width ``D``.
+    """
+
+    def __init__(self, num_classes: int, num_tokens: int, dim: int) -> None:
+        super().__init__()
+        if num_classes < 1 or num_tokens < 1 or dim < 1:
+            raise ValueError(f"class embedding needs positive sizes, got {num_classes=} {num_tokens=} {dim=}")
+        self.num_classes, self.num_tokens, self.dim = num_classes, num_tokens, dim
+        self.table = nn.Embedding(num_classes + 1, num_tokens * dim)
+        nn.init.normal_(self.table.weight, std=0.02)
+
+    @property
+    def null_index(self) -> int:
+        """The label value that selects the null (unconditional) token."""
+        return self.num_classes
+
+    def forward(self, labels: Tensor) -> Tensor:
+        """Map int64 labels ``[B]`` (``num_classes`` = null) to the context ``[B, L, D]``."""
+        if labels.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"class labels must be an integer tensor, got {labels.dtype}")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > self.num_classes):
+            raise ValueError(
+                f"class labels span [{int(labels.min())}, {int(labels.max())}], "
+                f"expected 0..{self.num_classes - 1} (or {self.num_classes} for the null token)"
+            )
+        return self.table(labels.long()).view(-1, self.num_tokens, self.dim)

@@ -1,0 +1,213 @@
+"""The one model API of the suite: ``net(x, t, *, cond=None, mask=None) -> v``.
+
+:class:`VelocityNet` turns conditions into what the backbone consumes (class labels into a
+cross-attention context through :class:`ClassEmbedding`, a label map into ControlNet residuals) and
+keeps the backbone itself unaware of conditioning modes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from motfm.data.base import DataSpec
+from motfm.nn.controlnet import ControlNet
+from motfm.nn.embeddings import ClassEmbedding
+from motfm.nn.unet import UNet, UNetConfig
+
+CONDITIONINGS = ("class", "mask")
+
+
+class VelocityNet(nn.Module):
+    """A UNet velocity field with optional class (cross-attention) and mask (ControlNet) conditioning.
+
+    Args:
+        unet: the backbone.
+        class_embedding: present for class-conditional models.
+        controlnet: present for mask-conditional models.
+        conditioning_scale: multiplies the ControlNet residuals (1 = as trained).
+        channels_last: run convolutions in channels-last memory format (faster on CPU and GPU).
+    """
+
+    def __init__(
+        self,
+        unet: UNet,
+        class_embedding: ClassEmbedding | None = None,
+        controlnet: ControlNet | None = None,
+        conditioning_scale: float = 1.0,
+        channels_last: bool = True,
+    ) -> None:
+        super().__init__()
+        self.unet = unet
+        self.class_embedding = class_embedding
+        self.controlnet = controlnet
+        self.conditioning_scale = conditioning_scale
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=self.memory_format)
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 or 3."""
+        return self.unet.cfg.spatial_dims
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The memory format inputs are converted to."""
+        if not self.channels_last:
+            return torch.contiguous_format
+        return torch.channels_last if self.spatial_dims == 2 else torch.channels_last_3d
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes of a class-conditional model (0 otherwise)."""
+        return 0 if self.class_embedding is None else self.class_embedding.num_classes
+
+    @property
+    def num_mask_labels(self) -> int:
+        """Number of mask labels of a mask-conditional model (0 otherwise)."""
+        return 0 if self.controlnet is None else self.controlnet.num_mask_labels
+
+    def null_cond(self, batch_size: int, device: torch.device | str = "cpu") -> Tensor:
+        """The null class label ``[B]`` (the unconditional branch of classifier-free guidance)."""
+        if self.class_embedding is None:
+            raise ValueError("this model is not class-conditional")
+        return torch.full((batch_size,), self.class_embedding.null_index, dtype=torch.long, device=device)
+
+    def context(self, cond: Tensor | None, batch_size: int, device: torch.device) -> Tensor | None:
+        """The cross-attention context ``[B, L, D]`` for ``cond`` (labels ``[B]`` or a ready context)."""
+        if self.class_embedding is None:
+            if cond is not None:
+                raise ValueError("this model is not class-conditional, but a condition was given")
+            return None
+        if cond is None:
+            cond = self.null_cond(batch_size, device)
+        if cond.is_floating_point():
+            if cond.ndim != 3 or cond.shape[0] != batch_size or cond.shape[2] != self.class_embedding.dim:
+                raise ValueError(
+                    f"a context condition must be [B={batch_size}, L, D={self.class_embedding.dim}], "
+                    f"got {tuple(cond.shape)}"
+                )
+            return cond
+        if cond.shape != (batch_size,):
+            raise ValueError(f"class labels must have shape [B]=[{batch_size}], got {tuple(cond.shape)}")
+        return self.class_embedding(cond)
+
+    def forward(
+        self, x: Tensor, t: Tensor | float, *, cond: Tensor | None = None, mask: Tensor | None = None
+    ) -> Tensor:
+        """Predict the velocity at ``(x, t)``.
+
+        Args:
+            x: state ``[B, C, H, W]`` or ``[B, C, D, H, W]``.
+            t: time in [0, 1], ``[B]`` or a scalar (broadcast); used as a float.
+            cond: class labels int64 ``[B]`` (value ``num_classes`` = no condition), or a context
+                ``[B, L, D]``; ``None`` means unconditional (the null token for class models).
+            mask: int64 label map ``[B, 1, *spatial]``, required by mask-conditional models.
+
+        Returns:
+            The velocity, same shape as ``x``.
+        """
+        b = x.shape[0]
+        t = torch.as_tensor(t, device=x.device, dtype=torch.float32)
+        t = t.expand(b) if t.ndim == 0 else t.float()
+        if t.shape != (b,):
+            raise ValueError(f"t must be a scalar or have shape [B]=[{b}], got {tuple(t.shape)}")
+        self.unet.check_input(x)
+        x = x.contiguous(memory_format=self.memory_format)
+        context = self.context(cond, b, x.device)
+        down = mid = None
+        if self.controlnet is not None:
+            if mask is None:
+                raise ValueError("this model is mask-conditional: pass mask=[B, 1, *spatial] int64 label map")
+            if mask.shape[0] != b:
+                raise ValueError(f"mask batch size {mask.shape[0]} differs from the image batch size {b}")
+            down, mid = self.controlnet(x, t, mask, context, self.conditioning_scale)
+        elif mask is not None:
+            raise ValueError("this model is not mask-conditional, but a mask was given")
+        return self.unet(x, t, context, down, mid)
+
+
+def build_velocity_net(
+    spec: DataSpec,
+    spatial_dims: int = 2,
+    channels: Sequence[int] = (64, 128, 256),
+    num_res_blocks: int | Sequence[int] = 2,
+    attention_levels: Sequence[bool] = (False, True, True),
+    head_dim: int = 32,
+    norm_groups: int = 32,
+    dropout: float = 0.0,
+    transformer_num_layers: int = 1,
+    attention_backend: str = "sdpa",
+    conditioning: Sequence[str] = (),
+    class_tokens: int = 1,
+    class_dim: int = 256,
+    mask_embed_channels: Sequence[int] = (16, 32),
+    conditioning_scale: float = 1.0,
+    channels_last: bool = True,
+) -> VelocityNet:
+    """Build a :class:`VelocityNet` sized by the data (channels, classes, mask labels).
+
+    Args:
+        spec: what the dataset provides.
+        spatial_dims: 2 or 3; must match the data.
+        channels, num_res_blocks, attention_levels, head_dim, norm_groups, dropout,
+            transformer_num_layers, attention_backend: see :class:`UNetConfig`.
+        conditioning: any of ``"class"`` (cross-attention to label tokens) and ``"mask"`` (ControlNet).
+        class_tokens: tokens per class label (context length ``L``).
+        class_dim: token width ``D``.
+        mask_embed_channels: hidden widths of the ControlNet's mask embedding.
+        conditioning_scale: ControlNet residual multiplier.
+        channels_last: channels-last memory format.
+
+    Returns:
+        The network.
+    """
+    conditioning = tuple(conditioning)
+    unknown = set(conditioning) - set(CONDITIONINGS)
+    if unknown:
+        raise ValueError(f"unknown conditioning {sorted(unknown)}; expected a subset of {CONDITIONINGS}")
+    if spatial_dims != spec.spatial_dims:
+        raise ValueError(f"the model is {spatial_dims}D but the data are {spec.spatial_dims}D")
+    if "class" in conditioning and not spec.has_label:
+        raise ValueError("model.conditioning has 'class', but the dataset provides no class labels")
+    if "mask" in conditioning and not spec.has_mask:
+        raise ValueError("model.conditioning has 'mask', but the dataset provides no masks")
+    has_class = "class" in conditioning
+    cfg = UNetConfig(
+        spatial_dims=spatial_dims,
+        in_channels=spec.channels,
+        channels=channels,
+        num_res_blocks=num_res_blocks,
+        attention_levels=attention_levels,
+        head_dim=head_dim,
+        norm_groups=norm_groups,
+        dropout=dropout,
+        transformer_num_layers=transformer_num_layers,
+        context_dim=class_dim if has_class else None,
+        attention_backend=attention_backend,
+    )
+    if has_class and not any(cfg.attention_levels):
+        raise ValueError(
+            "class conditioning enters through cross-attention: enable at least one attention level"
+        )
+    bad = [s for s in spec.image_size if s % cfg.downsample_factor]
+    if bad:
+        raise ValueError(
+            f"image size {spec.image_size} is not divisible by {cfg.downsample_factor} "
+            f"(the UNet halves it {len(cfg.channels) - 1} times)"
+        )
+    unet = UNet(cfg)
+    class_embedding = ClassEmbedding(spec.num_classes, class_tokens, class_dim) if has_class else None
+    controlnet = None
+    if "mask" in conditioning:
+        controlnet = ControlNet.from_unet(unet, spec.num_mask_labels, mask_embed_channels)
+    return VelocityNet(unet, class_embedding, controlnet, conditioning_scale, channels_last)
+
+
+def base_state_dict(state: dict[str, Any]) -> dict[str, Tensor]:
+    """The backbone part (UNet and class embedding) of a :class:`VelocityNet` state dict."""
+    return {k: v for k, v in state.items() if k.startswith(("unet.", "class_embedding."))}

@@ -1,0 +1,95 @@
+"""Train a flow-matching model: ``python -m motfm.train [model=unet3d] [data=brain_phantom] [...]``.
+
+Hydra composes ``conf/train.yaml`` with the groups model / data / coupling / solver / trainer /
+logger / callbacks / paths / experiment. The run's folder (``outputs/train/<date>/<time>`` by
+default) holds the resolved config, checkpoints (``checkpoints/last.ckpt``), sample pictures and logs.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
+from omegaconf import DictConfig, OmegaConf
+
+from motfm.lit.flow_module import FlowMatchingModule
+
+log = logging.getLogger(__name__)
+
+CONFIG_PATH = "../../conf"
+
+
+def build_module(cfg: DictConfig, spec: Any) -> FlowMatchingModule:
+    """Instantiate the network and wrap it in the Lightning module described by ``cfg``."""
+    net = instantiate(cfg.model, _partial_=True)(spec=spec)
+    return FlowMatchingModule(
+        net=net,
+        spec=spec,
+        optimizer=instantiate(cfg.optimizer),
+        warmup_steps=cfg.scheduler.warmup_steps,
+        cosine_decay=cfg.scheduler.cosine_decay,
+        min_lr_ratio=cfg.scheduler.min_lr_ratio,
+        coupling=instantiate(cfg.coupling),
+        path=instantiate(cfg.flow.path),
+        time_sampler=instantiate(cfg.flow.time_sampler),
+        ema_decay=cfg.ema_decay,
+        p_uncond=cfg.flow.p_uncond if "class" in cfg.model.conditioning else 0.0,
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train as configured and return the final metrics and the checkpoint path.
+
+    Args:
+        cfg: the composed configuration.
+
+    Returns:
+        ``{"metrics": {...}, "last_ckpt": path or None, "output_dir": path}``.
+    """
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    datamodule = instantiate(cfg.data)
+    spec = datamodule.spec
+    log.info("data: %s", spec)
+    module = build_module(cfg, spec)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    if not loggers:  # logger=none: there is nothing to monitor the learning rate into
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    finally:
+        for lg in loggers:
+            lg.finalize("success")
+        if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
+            import wandb
+
+            wandb.finish()
+    ckpt_cb = trainer.checkpoint_callback
+    last = getattr(ckpt_cb, "last_model_path", None) if ckpt_cb is not None else None
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    log.info("final metrics: %s", metrics)
+    if last:
+        log.info("last checkpoint: %s", last)
+    return {"metrics": metrics, "last_ckpt": last or None, "output_dir": cfg.paths.output_dir}
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns the optimised metric for sweepers."""
+    result = train(cfg)
+    metric = cfg.get("optimized_metric")
+    return result["metrics"].get(metric) if metric else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Compose the real Hydra configs for in-process runs of the entry points."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+TINY_2D = [
+    "model=unet2d_small",
+    "model.channels=[8,16]",
+    "model.attention_levels=[false,true]",
+    "model.head_dim=8",
+    "model.norm_groups=4",
+    "model.class_dim=16",
+    "data.dataset.size=32",
+    "data.dataset.num_samples={train:16,val:4,test:4}",
+    "data.batch_size=4",
+    "logger=csv",
+    "trainer=cpu",
+]
+TINY_3D = [
+    "model=unet3d",
+    "data=brain_phantom",
+    "model.channels=[8,16]",
+    "model.attention_levels=[false,true]",
+    "model.head_dim=8",
+    "model.norm_groups=4",
+    "model.class_dim=16",
+    "data.dataset.size=16",
+    "data.dataset.num_samples={train:8,val:2,test:2}",
+    "data.batch_size=2",
+    "logger=csv",
+    "trainer=cpu",
+]
+
+
+def compose_config(name: str, overrides: list[str], out_dir: Path) -> DictConfig:
+    """Compose ``conf/<name>.yaml`` as the CLI would, with the run folder at ``out_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(name, overrides=[*overrides, f"paths.output_dir={out_dir}"])

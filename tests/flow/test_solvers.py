@@ -1,0 +1,114 @@
+import math
+
+import pytest
+import torch
+
+from motfm.flow.solvers import guided_velocity, integrate, seed_for, seeded_noise
+
+
+def test_euler_constant_field_is_exact_in_one_step():
+    x0 = torch.randn(3, 1, 4, 4)
+    c = torch.randn(1, 1, 4, 4)
+    res = integrate(lambda x, t: c.expand_as(x), x0, "euler", steps=1)
+    assert torch.allclose(res.x, x0 + c)
+    assert res.nfe == 1
+
+
+def test_one_euler_step_is_x0_plus_v_at_t0_not_identity():
+    x0 = torch.randn(2, 1, 4, 4)
+    seen_t = []
+
+    def v(x, t):
+        seen_t.append(t.clone())
+        return 2 * x + 1
+
+    res = integrate(v, x0, "euler", steps=1)
+    assert torch.allclose(res.x, x0 + 2 * x0 + 1)
+    assert not torch.allclose(res.x, x0)
+    assert len(seen_t) == 1 and torch.all(seen_t[0] == 0) and seen_t[0].shape == (2,)
+
+
+@pytest.mark.parametrize(
+    ("solver", "steps", "order"), [("euler", 100, 1), ("midpoint", 20, 2), ("rk4", 10, 4)]
+)
+def test_linear_ode_matches_exponential(solver, steps, order):
+    x0 = torch.ones(1, 1, 2, 2, dtype=torch.float64)
+    res = integrate(lambda x, t: x, x0, solver, steps=steps)
+    err = (res.x - math.e).abs().max().item()
+    h = 1 / steps
+    assert err < 2 * h**order, err
+    # order check: halving the step divides the error by about 2^order
+    res2 = integrate(lambda x, t: x, x0, solver, steps=2 * steps)
+    err2 = (res2.x - math.e).abs().max().item()
+    assert err / err2 == pytest.approx(2**order, rel=0.15)
+
+
+@pytest.mark.parametrize(("solver", "per_step"), [("euler", 1), ("midpoint", 2), ("rk4", 4)])
+@pytest.mark.parametrize("steps", [1, 3, 10])
+def test_nfe_counts(solver, per_step, steps):
+    calls = []
+
+    def v(x, t):
+        calls.append(1)
+        return -x
+
+    res = integrate(v, torch.randn(2, 1, 2, 2), solver, steps=steps)
+    assert res.nfe == len(calls) == per_step * steps
+
+
+def test_dopri5_is_accurate_and_counts():
+    calls = []
+
+    def v(x, t):
+        calls.append(1)
+        return x * torch.cos(t).view(-1, 1, 1, 1)
+
+    x0 = torch.ones(2, 1, 2, 2, dtype=torch.float64)
+    res = integrate(v, x0, "dopri5", rtol=1e-8, atol=1e-8)
+    assert torch.allclose(res.x, torch.full_like(x0, math.exp(math.sin(1.0))), atol=1e-6)
+    assert res.nfe == len(calls) > 6
+
+
+def test_trajectory_output():
+    res = integrate(
+        lambda x, t: torch.ones_like(x), torch.zeros(2, 1, 2, 2), "euler", 4, return_trajectory=True
+    )
+    assert res.trajectory.shape == (5, 2, 1, 2, 2)
+    assert torch.allclose(res.times, torch.linspace(0, 1, 5))
+    assert torch.allclose(res.trajectory[:, 0, 0, 0, 0], torch.linspace(0, 1, 5))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown solver"):
+        integrate(lambda x, t: x, torch.zeros(1, 1, 2, 2), "heun3")
+    with pytest.raises(ValueError, match="steps"):
+        integrate(lambda x, t: x, torch.zeros(1, 1, 2, 2), "euler", steps=0)
+
+
+def test_seeded_noise_depends_only_on_seed_and_index():
+    a = seeded_noise((1, 4, 4), [0, 1, 2, 3], seed=7)
+    b = torch.cat([seeded_noise((1, 4, 4), [2, 3], seed=7), seeded_noise((1, 4, 4), [0, 1], seed=7)])
+    assert torch.equal(a, b[[2, 3, 0, 1]])
+    assert not torch.equal(a, seeded_noise((1, 4, 4), [0, 1, 2, 3], seed=8))
+    assert seed_for(1, 2) != seed_for(2, 1)
+
+
+def test_guidance_scale_one_equals_conditional_and_costs_no_extra_nfe():
+    calls = []
+
+    def net(x, t, *, cond=None, mask=None):
+        calls.append(x.shape[0])
+        return x * (cond.float().view(-1, 1, 1, 1) + 1)
+
+    x0, cond, null = torch.randn(3, 1, 2, 2), torch.tensor([0, 1, 2]), torch.full((3,), 5)
+    v1, evals = guided_velocity(net, cond, None, 1.0, null)
+    res = integrate(v1, x0, "euler", 2, evals_per_call=evals)
+    assert res.nfe == 2 and calls == [3, 3]
+    calls.clear()
+    v2, evals = guided_velocity(net, cond, None, 3.0, null)
+    t = torch.full((3,), 0.5)
+    expected = net(x0, t, cond=null) + 3.0 * (net(x0, t, cond=cond) - net(x0, t, cond=null))
+    calls.clear()
+    assert torch.allclose(v2(x0, t), expected)
+    assert calls == [6]  # both branches in one batched call
+    assert integrate(v2, x0, "midpoint", 2, evals_per_call=evals).nfe == 8
