@@ -118,10 +118,8 @@ def resolve_conditions(cfg: DictConfig, model: Any) -> Conditions:
     """
     spec: DataSpec = model.spec
     need_label, need_mask = model.net.num_classes > 0, model.net.num_mask_labels > 0
-    if not (need_label or need_mask):
-        if cfg.get("labels") or cfg.get("mask_files"):
-            raise ValueError("this model is unconditional: labels / mask_files cannot be used")
-        return Conditions()
+    if not (need_label or need_mask) and (cfg.get("labels") or cfg.get("mask_files")):
+        raise ValueError("this model is unconditional: labels / mask_files cannot be used")
     labels = masks = None
     sources = []
     if cfg.get("labels") is not None:

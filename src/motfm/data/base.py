@@ -116,7 +116,9 @@ def check_sample(sample: dict[str, Any], spec: DataSpec, source: str = "sample")
     if not torch.isfinite(image).all():
         raise DataError(f"{source}: image contains NaN or inf values")
     if image.numel() and (image.min() < -1.0001 or image.max() > 1.0001):
-        raise DataError(f"{source}: image values span [{image.min():.3g}, {image.max():.3g}], expected [-1, 1]")
+        raise DataError(
+            f"{source}: image values span [{image.min():.3g}, {image.max():.3g}], expected [-1, 1]"
+        )
     if spec.has_mask:
         mask = sample.get("mask")
         if not isinstance(mask, torch.Tensor):
