@@ -90,6 +90,7 @@ def load_model(
                 f"only {sorted(allowed)} may change at sampling time"
             )
         model_cfg[key] = value
+    model_cfg.update(base_ckpt=None, freeze_base=False)  # every weight comes from this checkpoint
     net: VelocityNet = hydra.utils.instantiate(OmegaConf.create(model_cfg), _partial_=True)(spec=spec)
     prefix = "ema.module." if use_ema else "net."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}

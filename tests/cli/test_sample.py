@@ -4,8 +4,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from cli_helpers import TINY_2D, TINY_3D, compose_config
 
+from cli_helpers import TINY_2D, TINY_3D, compose_config
 from motfm.checkpoint import CheckpointError, load_model
 from motfm.sample import sample
 from motfm.train import train
@@ -101,3 +101,39 @@ def test_checkpoint_errors(ckpt_2d, tmp_path):
         load_model(ckpt_2d, model_overrides={"channels": [16, 32]})
     model = load_model(ckpt_2d, model_overrides={"conditioning_scale": 0.5})
     assert model.net.conditioning_scale == 0.5
+
+
+def test_controlnet_on_frozen_pretrained_base(ckpt_2d):
+    from motfm.checkpoint import read_checkpoint
+    from motfm.data.phantom import EchoPhantom
+    from motfm.nn.velocity import build_velocity_net
+
+    spec = EchoPhantom("val", size=32, num_samples=2).spec
+    tiny = dict(channels=(8, 16), num_res_blocks=1, attention_levels=(False, True), head_dim=8, norm_groups=4)
+    net = build_velocity_net(
+        spec, conditioning=("class", "mask"), class_dim=16, base_ckpt=ckpt_2d, freeze_base=True, **tiny
+    )
+    state = read_checkpoint(ckpt_2d)["state_dict"]
+    for k, v in net.unet.state_dict().items():
+        assert torch.equal(v, state[f"ema.module.unet.{k}"])
+    trainable = {n.split(".")[0] for n, p in net.named_parameters() if p.requires_grad}
+    assert trainable == {"controlnet"}
+    # the fresh ControlNet starts from the pretrained encoder and adds nothing yet
+    for (_, a), (_, b) in zip(
+        net.unet.encoder.state_dict().items(), net.controlnet.encoder.state_dict().items()
+    ):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="needs model.base_ckpt"):
+        build_velocity_net(spec, conditioning=("mask",), freeze_base=True, **tiny)
+    with pytest.raises(ValueError, match="does not fit"):
+        build_velocity_net(
+            spec,
+            conditioning=("class",),
+            base_ckpt=ckpt_2d,
+            class_dim=16,
+            channels=(16, 32),
+            num_res_blocks=1,
+            attention_levels=(False, True),
+            head_dim=8,
+            norm_groups=4,
+        )

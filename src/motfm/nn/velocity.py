@@ -8,7 +8,6 @@ keeps the backbone itself unaware of conditioning modes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -148,6 +147,8 @@ def build_velocity_net(
     mask_embed_channels: Sequence[int] = (16, 32),
     conditioning_scale: float = 1.0,
     channels_last: bool = True,
+    base_ckpt: str | None = None,
+    freeze_base: bool = False,
 ) -> VelocityNet:
     """Build a :class:`VelocityNet` sized by the data (channels, classes, mask labels).
 
@@ -162,6 +163,9 @@ def build_velocity_net(
         mask_embed_channels: hidden widths of the ControlNet's mask embedding.
         conditioning_scale: ControlNet residual multiplier.
         channels_last: channels-last memory format.
+        base_ckpt: a motfm checkpoint whose (EMA) UNet and class embedding initialise the backbone, e.g.
+            an unconditional or class-conditional model to which a ControlNet is added.
+        freeze_base: train only what the base does not contain (the ControlNet), as in Zhang et al. 2023.
 
     Returns:
         The network.
@@ -202,12 +206,37 @@ def build_velocity_net(
         )
     unet = UNet(cfg)
     class_embedding = ClassEmbedding(spec.num_classes, class_tokens, class_dim) if has_class else None
+    if base_ckpt is not None:
+        load_base(base_ckpt, unet, class_embedding)
+    elif freeze_base:
+        raise ValueError("model.freeze_base=true needs model.base_ckpt, the checkpoint of the base model")
+    if freeze_base:
+        unet.requires_grad_(False)
+        if class_embedding is not None:
+            class_embedding.requires_grad_(False)
     controlnet = None
     if "mask" in conditioning:
         controlnet = ControlNet.from_unet(unet, spec.num_mask_labels, mask_embed_channels)
     return VelocityNet(unet, class_embedding, controlnet, conditioning_scale, channels_last)
 
 
-def base_state_dict(state: dict[str, Any]) -> dict[str, Tensor]:
-    """The backbone part (UNet and class embedding) of a :class:`VelocityNet` state dict."""
-    return {k: v for k, v in state.items() if k.startswith(("unet.", "class_embedding."))}
+def load_base(path: str, unet: UNet, class_embedding: ClassEmbedding | None) -> None:
+    """Load the averaged UNet (and class embedding) weights of a motfm checkpoint into ``unet``.
+
+    Raises:
+        ValueError: naming the checkpoint when its backbone does not fit this architecture.
+    """
+    from motfm.checkpoint import read_checkpoint
+
+    state = read_checkpoint(path)["state_dict"]
+    for name, module in (("unet", unet), ("class_embedding", class_embedding)):
+        prefix = f"ema.module.{name}."
+        part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if module is None:
+            continue
+        if not part:
+            raise ValueError(f"{path}: the base checkpoint has no {name} weights (is it class-conditional?)")
+        try:
+            module.load_state_dict(part)
+        except RuntimeError as err:
+            raise ValueError(f"{path}: the base {name} does not fit model.* of this run: {err}") from err
