@@ -154,8 +154,9 @@ def to_markdown(info: dict[str, Any], results: list[dict[str, Any]]) -> str:
         samp = "; ".join(
             f"{s['steps']}: {s['images_per_s']:.1f}/s, {s['GFLOP_s']:.0f}" for s in r["sampling"]
         )
+        size = "x".join(map(str, r["image_size"]))
         lines.append(
-            f"| {r['model']} | {r['precision']} | {r['params_M']:.2f} | {'x'.join(map(str, r['image_size']))} | "
+            f"| {r['model']} | {r['precision']} | {r['params_M']:.2f} | {size} | "
             f"{r['batch_size']} | {r['train_step_ms']:.0f} | {r['train_GFLOP_s']:.0f} | {samp} |"
         )
     return "\n".join(lines) + "\n"

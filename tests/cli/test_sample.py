@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -90,7 +91,7 @@ def test_sample_3d_writes_nifti_with_geometry(ckpt_3d, tmp_path):
 
 def test_checkpoint_errors(ckpt_2d, tmp_path):
     trunc = tmp_path / "trunc.ckpt"
-    trunc.write_bytes(open(ckpt_2d, "rb").read()[:1000])
+    trunc.write_bytes(Path(ckpt_2d).read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="cannot be read"):
         load_model(trunc)
     foreign = tmp_path / "foreign.ckpt"
