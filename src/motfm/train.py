@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from motfm.lit.flow_module import FlowMatchingModule
+from motfm.validate import resolve_resume, validate_train_config
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ def build_module(cfg: DictConfig, spec: Any) -> FlowMatchingModule:
         time_sampler=instantiate(cfg.flow.time_sampler),
         ema_decay=cfg.ema_decay,
         p_uncond=cfg.flow.p_uncond if "class" in cfg.model.conditioning else 0.0,
+        max_nonfinite_steps=cfg.max_nonfinite_steps,
+        seed=cfg.seed,
         config=OmegaConf.to_container(cfg, resolve=True),
     )
 
@@ -52,9 +55,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Returns:
         ``{"metrics": {...}, "last_ckpt": path or None, "output_dir": path}``.
     """
+    validate_train_config(cfg)
+    ckpt_path = resolve_resume(cfg)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, seed=cfg.seed)
     spec = datamodule.spec
     log.info("data: %s", spec)
     module = build_module(cfg, spec)
@@ -66,7 +71,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        if ckpt_path:
+            log.info("resuming from %s", ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     finally:
         for lg in loggers:
             lg.finalize("success")

@@ -8,6 +8,7 @@ each sample is replaced by the null token with probability ``p_uncond``.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
@@ -19,9 +20,11 @@ from torch import Tensor
 from motfm.data.base import DataSpec
 from motfm.flow.coupling import Coupling
 from motfm.flow.paths import CondOTPath, TimeSampler
-from motfm.flow.solvers import SampleResult, guided_velocity, integrate, seeded_noise
+from motfm.flow.solvers import SampleResult, guided_velocity, integrate, seed_for, seeded_noise
 from motfm.lit.ema import EMA
 from motfm.nn.velocity import VelocityNet
+
+log = logging.getLogger(__name__)
 
 
 def warmup_cosine(
@@ -64,6 +67,10 @@ class FlowMatchingModule(L.LightningModule):
         time_sampler: draws training times.
         ema_decay: decay of the weight average used for validation and sampling (0 disables averaging).
         p_uncond: probability of dropping the class condition (classifier-free guidance training).
+        max_nonfinite_steps: abort after this many consecutive steps with a non-finite loss or gradient
+            (each such step is skipped with a warning).
+        seed: the run's seed; the noise, times and label dropout of step ``s`` on rank ``r`` come from a
+            generator seeded by ``(seed, s, r)``, so a resumed run draws exactly what the original would have.
         config: the resolved run configuration (stored in checkpoints).
     """
 
@@ -80,6 +87,8 @@ class FlowMatchingModule(L.LightningModule):
         time_sampler: TimeSampler | None = None,
         ema_decay: float = 0.999,
         p_uncond: float = 0.0,
+        max_nonfinite_steps: int = 10,
+        seed: int = 0,
         config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -96,7 +105,11 @@ class FlowMatchingModule(L.LightningModule):
         self.path = path or CondOTPath()
         self.time_sampler = time_sampler or TimeSampler()
         self.p_uncond = p_uncond
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self.seed = seed
         self.config = config or {}
+        self.nonfinite_run = 0
+        self.nonfinite_total = 0
 
     # ----------------------------------------------------------------------------- conditions
     def conditions(self, batch: dict[str, Any]) -> tuple[Tensor | None, Tensor | None]:
@@ -105,11 +118,11 @@ class FlowMatchingModule(L.LightningModule):
         mask = batch["mask"] if self.net.num_mask_labels else None
         return cond, mask
 
-    def drop_labels(self, cond: Tensor | None) -> Tensor | None:
+    def drop_labels(self, cond: Tensor | None, generator: torch.Generator | None = None) -> Tensor | None:
         """Replace each label by the null token with probability ``p_uncond``."""
         if cond is None or self.p_uncond == 0.0:
             return cond
-        drop = torch.rand(cond.shape[0], device=cond.device) < self.p_uncond
+        drop = torch.rand(cond.shape[0], device=cond.device, generator=generator) < self.p_uncond
         return torch.where(drop, self.net.null_cond(cond.shape[0], cond.device), cond)
 
     # ----------------------------------------------------------------------------- objective
@@ -124,7 +137,7 @@ class FlowMatchingModule(L.LightningModule):
         x1 = batch["image"]
         cond, mask = self.conditions(batch)
         if train:
-            cond = self.drop_labels(cond)
+            cond = self.drop_labels(cond, generator)
         x0 = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
         x0 = self.coupling(x0, x1)
         t = self.time_sampler(x1.shape[0], x1.device, generator)
@@ -132,11 +145,44 @@ class FlowMatchingModule(L.LightningModule):
         v = net(ps.xt, ps.t, cond=cond, mask=mask)
         return torch.mean((v.float() - ps.ut.float()) ** 2)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        """One flow-matching step."""
-        loss = self.loss(self.net, batch)
+    def step_generator(self, device: torch.device) -> torch.Generator:
+        """The generator of this optimiser step on this rank (see ``seed`` in the class docstring)."""
+        index = self.global_step * self.trainer.world_size + self.trainer.global_rank
+        return torch.Generator(device=device).manual_seed(seed_for(self.seed, index))
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        """One flow-matching step; a non-finite loss skips the step (see :meth:`note_nonfinite`)."""
+        loss = self.loss(self.net, batch, self.step_generator(batch["image"].device))
+        if not torch.isfinite(loss):
+            self.note_nonfinite("loss")
+            return None
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skip the update when a gradient is not finite (gradients are dropped, the weights stay)."""
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        if grads and not torch.isfinite(torch.stack([g.norm() for g in grads])).all():
+            self.note_nonfinite("gradient")
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            self.nonfinite_run = 0
+
+    def note_nonfinite(self, what: str) -> None:
+        """Count a skipped step; abort after ``max_nonfinite_steps`` consecutive ones."""
+        self.nonfinite_run += 1
+        self.nonfinite_total += 1
+        self.log("train/nonfinite_steps", float(self.nonfinite_total))
+        log.warning(
+            "step %d: non-finite %s, update skipped (%d in a row)", self.global_step, what, self.nonfinite_run
+        )
+        if self.nonfinite_run >= self.max_nonfinite_steps:
+            ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
+            raise FloatingPointError(
+                f"{self.nonfinite_run} consecutive steps with a non-finite {what} "
+                f"(last at step {self.global_step}); training stopped. Last good checkpoint: {ckpt}. "
+                "Lower optimizer.lr, keep gradient clipping on, or check the data for NaN values."
+            )
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Update the weight average after the optimiser step."""
@@ -205,5 +251,8 @@ class FlowMatchingModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store what sampling needs to rebuild the model, in plain Python types."""
+        """Store what sampling needs to rebuild the model (plain Python types); refuse a non-finite model."""
+        for name, p in self.net.named_parameters():
+            if not torch.isfinite(p).all():
+                raise FloatingPointError(f"refusing to save a checkpoint: parameter {name} is not finite")
         checkpoint["motfm"] = {"config": self.config, "data_spec": self.spec.to_dict(), "format": 1}
