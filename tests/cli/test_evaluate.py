@@ -154,6 +154,7 @@ def test_evaluate_3d_on_the_fly_and_nifti(ckpt_3d, cache_dir, tmp_path):
     assert (tmp_path / "files" / "metrics.md").is_file()
 
 
+@pytest.mark.slow  # the InceptionV3 at 299 x 299 and a 2048-d FID: ~10 s on a quiet 2-core CPU
 def test_evaluate_inception_bundled(ckpt_2d, cache_dir, tmp_path):
     try:
         from motfm.metrics.features import get_extractor

@@ -41,12 +41,29 @@ def test_short_run_writes_checkpoint_and_sample_grid(tmp_path):
     assert len(pictures) == 2
 
 
-def test_unknown_conditioning_for_data_fails_before_training(tmp_path):
-    cfg = compose_config(
-        "train",
-        [*TINY_2D, "model.conditioning=[class]", "data.dataset.num_samples={train:4,val:2,test:2}"],
-        tmp_path,
-    )
-    cfg.model.conditioning = ["text"]
-    with pytest.raises(ValueError, match="unknown conditioning"):
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("solver.steps=0", "steps=0: a fixed-step solver needs an integer >= 1"),
+        ("solver.method=heun9", "solver.method='heun9' is not one of"),
+        ("+callbacks.sample_grid.guidance_scale=-1", "guidance_scale=-1 must be >= 0"),
+        ("flow.p_uncond=1.5", "flow.p_uncond=1.5 must be in"),
+        ("optimizer.lr=0", "optimizer.lr=0 must be > 0"),
+        ("data.dataset.size=33", "not divisible by 2"),
+        ("model.channels=[6,16]", "channels 6 are not divisible by norm_groups 4"),
+        ("model.conditioning=[text]", "unknown conditioning"),
+        ("data=brain_phantom", "the model is 2D but the data are 3D"),
+    ],
+)
+def test_invalid_config_fails_before_training(tmp_path, override, message):
+    cfg = compose_config("train", [*TINY_2D, override], tmp_path)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
         train(cfg)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_unwritable_output_dir_fails_early(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ValueError, match="paths.output_dir=.* cannot be written"):
+        train(compose_config("train", TINY_2D, blocker / "run"))

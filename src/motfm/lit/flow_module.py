@@ -162,7 +162,9 @@ class FlowMatchingModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Skip the update when a gradient is not finite (gradients are dropped, the weights stay)."""
         grads = [p.grad for p in self.net.parameters() if p.grad is not None]
-        if grads and not torch.isfinite(torch.stack([g.norm() for g in grads])).all():
+        if not grads:  # the step's loss was not finite: training_step skipped the backward pass
+            return
+        if not torch.isfinite(torch.stack([g.norm() for g in grads])).all():
             self.note_nonfinite("gradient")
             optimizer.zero_grad(set_to_none=True)
         else:
