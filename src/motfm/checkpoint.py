@@ -56,6 +56,23 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         ) from err
     if not isinstance(ckpt, dict) or "motfm" not in ckpt or "state_dict" not in ckpt:
         raise CheckpointError(f"{path}: not a motfm training checkpoint (no 'motfm' section or 'state_dict')")
+    meta = ckpt["motfm"]
+    if (
+        not isinstance(meta, dict)
+        or not isinstance(meta.get("config"), dict)
+        or not isinstance(meta["config"].get("model"), dict)
+        or not isinstance(ckpt["state_dict"], dict)
+    ):
+        raise CheckpointError(
+            f"{path}: malformed motfm checkpoint "
+            "(needs a 'motfm' dict with 'config.model', and a 'state_dict' dict)"
+        )
+    try:
+        DataSpec.from_dict(meta["data_spec"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"{path}: malformed 'data_spec' in the checkpoint ({type(err).__name__}: {err})"
+        ) from None
     return ckpt
 
 

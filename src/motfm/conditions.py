@@ -88,6 +88,8 @@ def read_mask_file(path: str | os.PathLike[str], spec: DataSpec) -> torch.Tensor
     except Exception as err:
         raise DataError(f"{path}: cannot be read as a mask ({type(err).__name__}: {err})") from err
     arr = np.squeeze(arr)
+    if arr.dtype.kind not in "biuf":  # strings, structured (RGB), complex, dates
+        raise DataError(f"{path}: mask values must be integer labels, the file holds {arr.dtype} values")
     if tuple(arr.shape) != spec.image_size:
         raise DataError(f"{path}: mask has shape {tuple(arr.shape)}, the model needs {spec.image_size}")
     if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):

@@ -159,7 +159,7 @@ def read_camus_image(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
             array = array[..., 0]
         zooms = img.header.get_zooms()
         array = array.T if array.ndim == 2 else array
-        spacing_yx = (float(zooms[1]), float(zooms[0]))
+        spacing_yx = (float(zooms[1]), float(zooms[0])) if len(zooms) >= 2 else (1.0, 1.0)
     if array.ndim != 2:
         raise DataError(f"{path}: expected a 2D image, got shape {array.shape}")
     return np.asarray(array), (float(spacing_yx[0]), float(spacing_yx[1]))

@@ -44,6 +44,7 @@ from motfm.data.splits import SPLITS
 from motfm.data.transforms import as_size, resize_image, resize_mask
 
 SPLIT_KEYS = {"train": ("train",), "val": ("valid", "val"), "test": ("test",)}
+MAX_INT_CLASSES = 10_000  # integer classes without class_names beyond this are taken as corrupt
 
 
 def load_trusted_pickle(path: Path, trust_pickle: bool) -> dict[str, Any]:
@@ -83,14 +84,27 @@ def _split_entries(data: dict[str, Any], split: str, path: Path) -> list[Any]:
     return []
 
 
+def _numeric_array(value: Any, name: str, where: str, dtype: type) -> np.ndarray:
+    """``value`` as a ``dtype`` array; a DataError when it holds no real numbers (strings, ragged lists)."""
+    try:
+        raw = np.asarray(value)
+    except (ValueError, TypeError) as e:  # ragged nested lists
+        raise DataError(f"{where}: {name} is not an array ({e})") from None
+    if raw.dtype.kind not in "biuf":
+        raise DataError(f"{where}: {name} holds {raw.dtype} values, expected real numbers")
+    return raw.astype(dtype)
+
+
 def _image_array(entry: Any, where: str) -> np.ndarray:
     if not isinstance(entry, dict) or "image" not in entry:
         raise DataError(f"{where}: entry is not a dict with an 'image'")
-    image = np.asarray(entry["image"], dtype=np.float32)
+    image = _numeric_array(entry["image"], "image", where, np.float32)
     if image.ndim == 2:
         image = image[None]
-    if image.ndim != 3 or image.shape[0] > 4:
-        raise DataError(f"{where}: image has shape {image.shape}, expected [H, W] or [C, H, W] with C <= 4")
+    if image.ndim != 3 or image.shape[0] > 4 or image.size == 0:
+        raise DataError(
+            f"{where}: image has shape {image.shape}, expected a non-empty [H, W] or [C, H, W] with C <= 4"
+        )
     if not np.isfinite(image).all():
         raise DataError(f"{where}: image contains NaN or inf values")
     return image
@@ -204,6 +218,8 @@ class LegacyPickleDataset(CachedDataset):
                 sizes.add(image.shape)
                 if s == self.split:
                     images[i] = image
+        if not images:
+            raise DataError(f"{path}: no usable image in the {self.split!r} split")
         if len({shape[0] for shape in sizes}) > 1:
             raise DataError(f"{path}: images have different channel counts {sorted(sizes)}")
         if self.image_size is None and len(sizes) > 1:
@@ -215,7 +231,7 @@ class LegacyPickleDataset(CachedDataset):
         classes = self._class_table(every, path)
         has_mask = self.with_mask and all(isinstance(e, dict) and e.get("mask") is not None for e in entries)
         scaled = has_mask and any(
-            isinstance(e, dict) and e.get("mask") is not None and not _is_integral(np.asarray(e["mask"]))
+            isinstance(e, dict) and e.get("mask") is not None and not _is_integral(e["mask"])
             for items in every.values()
             for e in items
         )
@@ -253,10 +269,20 @@ class LegacyPickleDataset(CachedDataset):
         values = [e.get("class") for items in every.values() for e in items if isinstance(e, dict)]
         if not values or any(v is None for v in values):
             return {}
+        bad = [v for v in values if not isinstance(v, int | np.integer | str)]
+        if bad:
+            raise DataError(
+                f"{path}: classes must be integers or strings, got {type(bad[0]).__name__} {bad[0]!r}"
+            )
         if all(isinstance(v, int | np.integer) for v in values):
             n = int(max(values)) + 1
+            if min(values) < 0 or (self.class_names is None and n > MAX_INT_CLASSES):
+                raise DataError(
+                    f"{path}: integer classes span {min(values)}..{max(values)}; expected 0..n-1 "
+                    f"(at most {MAX_INT_CLASSES} classes without class_names)"
+                )
             names = self.class_names or tuple(str(i) for i in range(n))
-            if min(values) < 0 or len(names) < n:
+            if len(names) < n:
                 raise DataError(f"{path}: integer classes span {min(values)}..{max(values)}, names {names}")
             self.class_names = tuple(names)
             return {i: i for i in range(len(names))}
@@ -268,7 +294,7 @@ class LegacyPickleDataset(CachedDataset):
         return {v: names.index(str(v)) for v in set(values)}
 
     def _mask(self, entry: dict[str, Any], shape: tuple[int, ...], scaled: bool, where: str) -> np.ndarray:
-        mask = np.asarray(entry["mask"], dtype=np.float64)
+        mask = _numeric_array(entry["mask"], "mask", where, np.float64)
         while mask.ndim > 2 and mask.shape[0] == 1:
             mask = mask[0]
         if mask.shape != tuple(shape):
@@ -290,13 +316,23 @@ class LegacyPickleDataset(CachedDataset):
         return mask.astype(np.uint8)
 
 
-def _is_integral(a: np.ndarray) -> bool:
+def _is_integral(value: Any) -> bool:
+    """Whether ``value`` holds only integers (non-numeric values pass: ``_mask`` reports them)."""
+    try:
+        a = np.asarray(value)
+    except (ValueError, TypeError):
+        return True
+    if a.dtype.kind not in "biuf":
+        return True
     return bool(np.all(np.isfinite(a)) and np.array_equal(a, np.round(a)))
 
 
 def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
     """``d`` with values that JSON cannot hold turned into strings."""
-    return json.loads(json.dumps(d, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+    try:
+        return json.loads(json.dumps(d, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+    except (TypeError, ValueError, RecursionError):  # non-string keys, circular or too deep structures
+        return {k: str(v) for k, v in d.items()}
 
 
 def convert_pickle(

@@ -12,6 +12,7 @@ origin are kept in file order ``(x, y, ...)``.
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,16 @@ def _parse_numbers(value: str, key: str, path: Path, count: int, kind: type = fl
     if len(numbers) != count:
         raise DataError(f"{path}: MetaImage field {key} has {len(numbers)} values, NDims is {count}")
     return numbers
+
+
+def _parse_int(fields: dict[str, str], key: str, default: str, path: Path, minimum: int) -> int:
+    try:
+        value = int(fields.get(key, default))
+    except ValueError:
+        raise DataError(f"{path}: MetaImage field {key} = {fields[key]!r} is not an integer") from None
+    if value < minimum:
+        raise DataError(f"{path}: MetaImage field {key} = {value} is below {minimum}")
+    return value
 
 
 def read_header(path: str | Path) -> tuple[dict[str, str], int, list[str]]:
@@ -143,6 +154,8 @@ def read_metaimage(path: str | Path) -> MetaImage:
         ndims = int(fields["NDims"])
     except (KeyError, ValueError):
         raise DataError(f"{path}: MetaImage NDims is missing or not an integer") from None
+    if ndims < 1:
+        raise DataError(f"{path}: MetaImage NDims = {ndims} is not positive")
     if "DimSize" not in fields:
         raise DataError(f"{path}: MetaImage DimSize is missing")
     dims = _parse_numbers(fields["DimSize"], "DimSize", path, ndims, int)
@@ -154,7 +167,7 @@ def read_metaimage(path: str | Path) -> MetaImage:
     msb_key = next((k for k in ("BinaryDataByteOrderMSB", "ElementByteOrderMSB") if k in fields), None)
     msb = _parse_bool(fields[msb_key], msb_key, path) if msb_key else False
     compressed = _parse_bool(fields.get("CompressedData", "False"), "CompressedData", path)
-    channels = int(fields.get("ElementNumberOfChannels", "1"))
+    channels = _parse_int(fields, "ElementNumberOfChannels", "1", path, 1)
     dtype = np.dtype(ELEMENT_TYPES[etype]).newbyteorder(">" if msb else "<")
     spacing_key = next((k for k in ("ElementSpacing", "ElementSize") if k in fields), None)
     spacing = _parse_numbers(fields[spacing_key], spacing_key, path, ndims) if spacing_key else (1.0,) * ndims
@@ -162,9 +175,9 @@ def read_metaimage(path: str | Path) -> MetaImage:
     offset = _parse_numbers(fields[offset_key], offset_key, path, ndims) if offset_key else (0.0,) * ndims
 
     data = _read_data(path, fields, data_offset, list_files, compressed)
-    count = int(np.prod(dims)) * channels
+    count = math.prod(dims) * channels  # Python ints: no overflow for absurd sizes
     nbytes = count * dtype.itemsize
-    header_size = int(fields.get("HeaderSize", "0"))
+    header_size = _parse_int(fields, "HeaderSize", "0", path, -1)
     if header_size == -1:  # the data are the last bytes of the file
         data = data[len(data) - nbytes :] if len(data) >= nbytes else data
     elif header_size > 0:
@@ -183,6 +196,8 @@ def _read_data(
 ) -> bytes:
     """The (decompressed) pixel bytes named by ``ElementDataFile``."""
     name = fields["ElementDataFile"]
+    if not name:
+        raise DataError(f"{path}: MetaImage ElementDataFile is empty")
     if name.upper() == "LOCAL":
         chunks = [path.read_bytes()[data_offset:]]
     elif name.split()[0].upper() == "LIST":
@@ -202,7 +217,7 @@ def _read_data(
 def _read_file(data_path: Path, header_path: Path) -> bytes:
     try:
         return data_path.read_bytes()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL byte in the name
         raise DataError(f"{header_path}: MetaImage data file {data_path} is missing or unreadable") from None
 
 

@@ -68,6 +68,10 @@ def read_nifti(path: Path) -> tuple[nib.spatialimages.SpatialImage, np.ndarray]:
         raise
     except Exception as e:  # nibabel raises ImageFileError, EOFError, zlib.error, OSError, ValueError ...
         raise DataError(f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})") from None
+    if data.dtype.kind not in "biuf":  # RGB (structured) or complex voxels
+        raise DataError(
+            f"{path}: unsupported NIfTI voxel type {data.dtype} (expected integer or real values)"
+        )
     return img, data
 
 
@@ -88,8 +92,8 @@ def read_decathlon_json(root: Path) -> dict[str, Any]:
         raise DataError(f"{path}: dataset.json is missing (is {root} a Decathlon task folder?)")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError, ...
+        raise DataError(f"{path}: not valid JSON ({type(e).__name__}: {e})") from None
     if not isinstance(meta, dict):
         raise DataError(f"{path}: expected a JSON object at the top level")
     out = dict(meta)
@@ -104,9 +108,17 @@ def read_decathlon_json(root: Path) -> dict[str, Any]:
     if sorted(out["labels"]) != list(range(len(out["labels"]))):
         raise DataError(f"{path}: 'labels' keys must be 0..n-1, got {sorted(out['labels'])}")
     training = meta.get("training")
-    if not isinstance(training, list) or not all(isinstance(t, dict) and "image" in t for t in training):
-        raise DataError(f"{path}: 'training' must be a list of {{'image': ..., 'label': ...}} entries")
+    if not isinstance(training, list) or not all(
+        isinstance(t, dict) and _is_path(t.get("image")) and (not t.get("label") or _is_path(t["label"]))
+        for t in training
+    ):
+        raise DataError(f"{path}: 'training' must be a list of {{'image': path, 'label': path}} entries")
     return out
+
+
+def _is_path(value: Any) -> bool:
+    """Whether ``value`` can name a file: a non-empty string without NUL bytes."""
+    return isinstance(value, str) and bool(value) and "\x00" not in value
 
 
 class MsdBrainDataset(CachedDataset):
