@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,7 +235,6 @@ def generate_sets(cfg: DictConfig, source: Source, reference: Reference) -> Iter
         f"data:{cfg.ref_split}",
         reference.affine,
     )
-    device = next(model.net.parameters()).device
     for solver in cfg.solvers:
         if solver not in SOLVERS:
             raise ValueError(f"unknown solver {solver!r}; expected some of {SOLVERS}")
@@ -246,10 +244,7 @@ def generate_sets(cfg: DictConfig, source: Source, reference: Reference) -> Iter
             starts = range(0, cfg.num_samples, cfg.batch_size)
             for start in tqdm(starts, desc=f"sample {solver} steps={steps}", unit="batch", leave=False):
                 indices = list(range(start, min(start + cfg.batch_size, cfg.num_samples)))
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                images, nfe = generate_batch(
+                images, nfe, batch_seconds = generate_batch(
                     model,
                     indices,
                     cfg.seed,
@@ -260,10 +255,8 @@ def generate_sets(cfg: DictConfig, source: Source, reference: Reference) -> Iter
                     cfg.precision,
                     kwargs,
                 )
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                seconds += time.perf_counter() - t0
-                batches.append(images.cpu())
+                seconds += batch_seconds
+                batches.append(images)
             indices_t = torch.arange(cfg.num_samples)
             labels, masks = conditions.for_indices(indices_t.tolist(), "cpu")
             info = {
