@@ -31,7 +31,7 @@ demo: install
 	$(BIN)/python -m motfm.sample ckpt_path=$(DEMO_DIR)/train/checkpoints/last.ckpt \
 		num_samples=64 batch_size=64 steps=10 hydra.run.dir=$(DEMO_DIR)/samples
 	$(BIN)/python -m motfm.evaluate ckpt_path=$(DEMO_DIR)/train/checkpoints/last.ckpt \
-		steps=[1,5,10] solvers=[euler] num_samples=64 num_ref=256 hydra.run.dir=$(DEMO_DIR)/evaluate
+		steps=[1,5,10] solvers=[euler] num_samples=64 num_ref=128 hydra.run.dir=$(DEMO_DIR)/evaluate
 	@echo "demo outputs in $(DEMO_DIR): train/checkpoints, train/samples/*.png, samples/grid.png," \
 		"samples/samples.npz, evaluate/metrics.md"
 
