@@ -42,12 +42,12 @@ test-all: install
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
 lint: install
-	$(BIN)/ruff check src tests scripts experiments
-	$(BIN)/ruff format --check src tests scripts experiments
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
 
 format: install
-	$(BIN)/ruff check --fix src tests scripts experiments
-	$(BIN)/ruff format src tests scripts experiments
+	$(BIN)/ruff check --fix src tests scripts
+	$(BIN)/ruff format src tests scripts
 
 bench: install
 	$(BIN)/python -m motfm.bench
