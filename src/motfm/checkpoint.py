@@ -76,6 +76,11 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return ckpt
 
 
+def weights_under(state_dict: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The entries of ``state_dict`` whose keys start with ``prefix``, with the prefix removed."""
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
 def load_model(
     path: str | os.PathLike[str],
     use_ema: bool = True,
@@ -110,7 +115,7 @@ def load_model(
     model_cfg.update(base_ckpt=None, freeze_base=False)  # every weight comes from this checkpoint
     net: VelocityNet = hydra.utils.instantiate(OmegaConf.create(model_cfg), _partial_=True)(spec=spec)
     prefix = "ema.module." if use_ema else "net."
-    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    state = weights_under(ckpt["state_dict"], prefix)
     if not state:
         raise CheckpointError(f"{path}: no weights under '{prefix}' in the checkpoint")
     try:

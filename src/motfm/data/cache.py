@@ -36,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from motfm.data.base import DataError, DataSpec, MotfmDataset
+from motfm.data.splits import SPLITS
 from motfm.data.transforms import Augment
 from motfm.io.atomic import write_json
 
@@ -270,6 +271,8 @@ class CachedDataset(MotfmDataset):
         skip_bad_cases: bool = False,
         augment: dict[str, Any] | None = None,
     ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         self.split = split
         self.cache = bool(cache) and cache_dir is not None
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None

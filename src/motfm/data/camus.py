@@ -36,7 +36,7 @@ from motfm.data.base import DataError, DataSpec
 from motfm.data.cache import DEFAULT_CACHE_DIR, CachedDataset, Case, Record
 from motfm.data.metaimage import read_metaimage
 from motfm.data.msd import read_nifti
-from motfm.data.splits import DEFAULT_FRACTIONS, SPLITS, select_split
+from motfm.data.splits import DEFAULT_FRACTIONS, select_split
 from motfm.data.transforms import as_size, resize_image, resize_mask, uint8_to_unit
 
 VIEWS = ("2CH", "4CH")
@@ -213,8 +213,6 @@ class CamusDataset(CachedDataset):
         super().__init__(
             split, cache=cache, cache_dir=cache_dir, skip_bad_cases=skip_bad_cases, augment=augment
         )
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         self.views = _subset(views, VIEWS, "views")
         self.phases = _subset(phases, PHASES, "phases")
         if class_by not in CLASS_BY:

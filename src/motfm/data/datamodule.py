@@ -19,9 +19,8 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from motfm.data.base import DataError, DataSpec, MotfmDataset, check_sample
+from motfm.data.splits import SPLITS
 from motfm.flow.solvers import seed_for
-
-SPLITS = ("train", "val", "test")
 
 
 class ResumableSampler(Sampler[int]):

@@ -26,7 +26,7 @@ import numpy as np
 
 from motfm.data.base import DataError, DataSpec
 from motfm.data.cache import DEFAULT_CACHE_DIR, CachedDataset, Case, Record
-from motfm.data.splits import DEFAULT_FRACTIONS, SPLITS, select_split
+from motfm.data.splits import DEFAULT_FRACTIONS, select_split
 from motfm.data.transforms import as_size, minmax_to_unit, resize_image
 
 GROUP_BY = ("patient", "series", "file")
@@ -177,8 +177,6 @@ class DicomDataset(CachedDataset):
         super().__init__(
             split, cache=cache, cache_dir=cache_dir, skip_bad_cases=skip_bad_cases, augment=augment
         )
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         if group_by not in GROUP_BY:
             raise ValueError(f"group_by must be one of {GROUP_BY}, got {group_by!r}")
         if frame_stride < 1:

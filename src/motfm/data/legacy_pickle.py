@@ -160,8 +160,6 @@ class LegacyPickleDataset(CachedDataset):
         super().__init__(
             split, cache=cache, cache_dir=cache_dir, skip_bad_cases=skip_bad_cases, augment=augment
         )
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         if num_mask_labels < 2:
             raise ValueError(f"num_mask_labels must be >= 2, got {num_mask_labels}")
         self.root = Path(root).expanduser()

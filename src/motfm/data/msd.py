@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from motfm.data.base import DataError, DataSpec
 from motfm.data.cache import DEFAULT_CACHE_DIR, CachedDataset, Case, Record
-from motfm.data.splits import DEFAULT_FRACTIONS, SPLITS, select_split
+from motfm.data.splits import DEFAULT_FRACTIONS, select_split
 from motfm.data.transforms import as_size
 
 CLASS_BY = ("none", "tumour_size")
@@ -171,8 +171,6 @@ class MsdBrainDataset(CachedDataset):
         super().__init__(
             split, cache=cache, cache_dir=cache_dir, skip_bad_cases=skip_bad_cases, augment=augment
         )
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         if class_by not in CLASS_BY:
             raise ValueError(f"class_by must be one of {CLASS_BY}, got {class_by!r}")
         if len(percentiles) != 2 or not 0 <= percentiles[0] < percentiles[1] <= 100:

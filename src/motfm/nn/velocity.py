@@ -226,14 +226,13 @@ def load_base(path: str, unet: UNet, class_embedding: ClassEmbedding | None) -> 
     Raises:
         ValueError: naming the checkpoint when its backbone does not fit this architecture.
     """
-    from motfm.checkpoint import read_checkpoint
+    from motfm.checkpoint import read_checkpoint, weights_under
 
     state = read_checkpoint(path)["state_dict"]
     for name, module in (("unet", unet), ("class_embedding", class_embedding)):
-        prefix = f"ema.module.{name}."
-        part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if module is None:
             continue
+        part = weights_under(state, f"ema.module.{name}.")
         if not part:
             raise ValueError(f"{path}: the base checkpoint has no {name} weights (is it class-conditional?)")
         try:
