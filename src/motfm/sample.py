@@ -116,7 +116,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"{out_dir} holds samples of a different run ({key_file}); choose another out_dir")
     write_json(key_file, run_key)
 
-    seconds, nfe_per_batch, generated = 0.0, 0, 0
+    seconds, generated = 0.0, 0
     for start in range(0, cfg.num_samples, cfg.batch_size):
         indices = list(range(start, min(start + cfg.batch_size, cfg.num_samples)))
         shard = parts / f"part_{start:06d}.pt"
@@ -134,21 +134,22 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
             solver_kwargs,
         )
         seconds += batch_seconds
-        nfe_per_batch, generated = nfe, generated + len(indices)
+        generated += len(indices)
         with atomic_path(shard) as tmp:
-            torch.save({"indices": torch.tensor(indices), "images": images}, tmp)
+            torch.save({"indices": torch.tensor(indices), "images": images, "nfe": nfe}, tmp)
         log.info("samples %d-%d: %d NFE", indices[0], indices[-1], nfe)
 
     shards = [torch.load(p, weights_only=True) for p in sorted(parts.glob("part_*.pt"))]
     images = torch.cat([s["images"] for s in shards])[: cfg.num_samples]
     indices = torch.cat([s["indices"] for s in shards])[: cfg.num_samples]
+    nfe = int(shards[0]["nfe"])  # every batch integrates the same grid; also right after a restart
     labels, masks = conditions.for_indices(indices.tolist(), "cpu")
     write_outputs(out_dir, model, images, indices, labels, masks, conditions, cfg.grid_size)
     info = {
         "ckpt_path": str(cfg.ckpt_path),
         "solver": solver,
         "steps": steps,
-        "nfe": nfe_per_batch,
+        "nfe": nfe,
         "guidance_scale": cfg.guidance_scale,
         "num_samples": cfg.num_samples,
         "batch_size": cfg.batch_size,
@@ -168,7 +169,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         out_dir,
         solver,
         steps,
-        nfe_per_batch,
+        nfe,
     )
     return info
 

@@ -74,6 +74,8 @@ def test_interrupted_sampling_restarts_and_matches(ckpt_2d, tmp_path, monkeypatc
     monkeypatch.setattr(sample_mod, "generate_batch", real)
     info = run_sample(ckpt_2d, part, "steps=2", "num_samples=6", "batch_size=2")
     assert info["generated_now"] == 2  # only the missing batch
+    again = run_sample(ckpt_2d, part, "steps=2", "num_samples=6", "batch_size=2")
+    assert again["generated_now"] == 0 and again["nfe"] == 2  # NFE comes from the shards, not this run
     assert np.array_equal(np.load(part / "samples.npz")["images"], np.load(full / "samples.npz")["images"])
     with pytest.raises(ValueError, match="different run"):
         run_sample(ckpt_2d, part, "steps=3", "num_samples=6", "batch_size=2")

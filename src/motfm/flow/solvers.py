@@ -64,11 +64,6 @@ class CountingVelocity:
         return self.fn(x, t.to(x.dtype).expand(x.shape[0]))
 
 
-def steps_to_nfe(solver: str, steps: int) -> int:
-    """NFE of a fixed-step solver run (per branch, without guidance)."""
-    return FIXED_STEP_SOLVERS[solver] * steps
-
-
 def integrate(
     velocity: VelocityFn,
     x0: Tensor,
