@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 from torch.utils.flop_counter import FlopCounterMode
 
 from motfm.io.atomic import atomic_open, write_json
-from motfm.train import build_module
+from motfm.lit.module import GenerativeModule
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def bench_model(cfg: DictConfig, model_name: str, precision: str, device: torch.
     """Training-step and sampling timings of one model config at one precision."""
     train_cfg = hydra.compose(config_name="train", overrides=[f"model={model_name}", *cfg.train_overrides])
     spec = instantiate(train_cfg.data).spec
-    module = build_module(train_cfg, spec).to(device)
+    module = GenerativeModule.from_config(train_cfg, spec).to(device)
     net, b = module.net, cfg.batch_size
     batch = {
         "image": torch.randn(b, spec.channels, *spec.image_size, device=device).clamp(-1, 1),
@@ -90,7 +90,7 @@ def bench_model(cfg: DictConfig, model_name: str, precision: str, device: torch.
 
     def train_step() -> None:
         with amp:
-            loss = module.loss(net, batch)
+            loss, _ = module.objective.loss(net, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -150,6 +150,7 @@ def resolve_conditions(cfg: DictConfig, model: Any) -> Conditions:
             masks = ds_masks
         if ds_labels is not None or ds_masks is not None:
             sources.append(f"data:{cfg.cond_split}")
+    model.net.check_conditions(labels, masks)
     return Conditions(labels, masks, "+".join(sources) or "none", affine)
 
 

@@ -49,10 +49,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from motfm.checkpoint import LoadedModel, load_model, read_checkpoint
+from motfm.checkpoint import read_checkpoint
 from motfm.conditions import Conditions
 from motfm.data.base import DataSpec
-from motfm.flow.solvers import FIXED_STEP_SOLVERS, SOLVERS
+from motfm.loading import LoadedModel, load_model
 from motfm.metrics.features import ExtractorUnavailable, FeatureExtractor
 from motfm.metrics.inception_score import inception_score
 from motfm.metrics.kernels import cmmd
@@ -69,7 +69,8 @@ from motfm.metrics.report import (
     write_report,
 )
 from motfm.metrics.ssim import intra_set_ms_ssim, paired_ssim
-from motfm.sample import generate_batch, pick_device
+from motfm.runtime import pick_device, resolve_precision
+from motfm.sample import generate_batch, sampler_options
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +197,8 @@ def read_samples(source: Source) -> GeneratedSet:
     info: dict[str, Any] = {"solver": "samples", "steps": None}
     if (folder / "sampling.json").is_file():
         record = json.loads((folder / "sampling.json").read_text())
-        info = {k: record.get(k) for k in ("solver", "steps", "nfe", "seconds")}
+        info = {k: record.get(k) for k in ("steps", "nfe", "seconds")}
+        info["solver"] = record.get("sampler")
         info["images_per_s"] = record.get("samples_per_s")
     if npz is not None:
         with np.load(npz, allow_pickle=False) as data:
@@ -235,11 +237,14 @@ def generate_sets(cfg: DictConfig, source: Source, reference: Reference) -> Iter
         f"data:{cfg.ref_split}",
         reference.affine,
     )
-    for solver in cfg.solvers:
-        if solver not in SOLVERS:
-            raise ValueError(f"unknown solver {solver!r}; expected some of {SOLVERS}")
-        for steps in list(cfg.steps) if solver in FIXED_STEP_SOLVERS else [None]:
-            kwargs = {} if solver in FIXED_STEP_SOLVERS else {"rtol": cfg.rtol, "atol": cfg.atol}
+    objective = model.objective
+    solvers = list(cfg.solvers or objective.default_samplers)
+    for solver in solvers:
+        objective.check_sampler(solver, int(cfg.steps[0]) if cfg.steps else None)
+    options = sampler_options(cfg)
+    precision = resolve_precision(cfg.precision, next(model.net.parameters()).device, model.spec.spatial_dims)
+    for solver in solvers:
+        for steps in list(cfg.steps) if objective.needs_steps(solver) else [None]:
             batches, seconds, nfe = [], 0.0, 0
             starts = range(0, cfg.num_samples, cfg.batch_size)
             for start in tqdm(starts, desc=f"sample {solver} steps={steps}", unit="batch", leave=False):
@@ -249,11 +254,11 @@ def generate_sets(cfg: DictConfig, source: Source, reference: Reference) -> Iter
                     indices,
                     cfg.seed,
                     solver,
-                    steps or 1,  # adaptive solvers ignore it
+                    steps,
                     conditions,
                     cfg.guidance_scale,
-                    cfg.precision,
-                    kwargs,
+                    precision.name,
+                    options,
                 )
                 seconds += batch_seconds
                 batches.append(images)

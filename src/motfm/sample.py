@@ -1,5 +1,8 @@
 """Sample from a trained model:
-``python -m motfm.sample ckpt_path=... steps=5 solver=euler num_samples=64 seed=0``.
+``python -m motfm.sample ckpt_path=... steps=5 [sampler=euler] num_samples=64 seed=0``.
+
+The checkpoint records its method (flow matching, the diffusion baseline, ...); ``sampler`` must be one of
+that method's samplers (default: its first), and a sampler of another method is refused in one line.
 
 Writes to ``out_dir`` (the run folder by default):
 
@@ -7,7 +10,8 @@ Writes to ``out_dir`` (the run folder by default):
 - ``samples.npz`` (2D): ``images`` float32 ``[N, C, H, W]`` in [-1, 1], ``indices``, and the
   ``labels`` / ``masks`` each sample was conditioned on;
 - ``volumes/sample_XXXXX.nii.gz`` (3D), with ``..._mask.nii.gz`` beside mask-conditioned ones;
-- ``sampling.json``: solver, steps, NFE, seconds and samples/s of the generation itself.
+- ``sampling.json``: method, sampler, steps, NFE, precision (and why), seconds and samples/s of the
+  generation itself.
 
 Every file is written atomically. Samples are generated in batches saved as ``parts/`` shards, so an
 interrupted run restarted with the same arguments skips the batches it already wrote; since sample i
@@ -16,7 +20,6 @@ depends only on ``(seed, i)`` the result is identical to an uninterrupted run.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -28,30 +31,27 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from motfm.checkpoint import LoadedModel, load_model
 from motfm.conditions import Conditions, resolve_conditions
-from motfm.flow.solvers import guided_velocity, integrate, seeded_noise
 from motfm.io.atomic import atomic_path, write_json
 from motfm.io.images import sample_picture, save_png, with_masks
 from motfm.io.nifti import save_nifti
+from motfm.loading import LoadedModel, load_model
+from motfm.objectives.base import SampleNoise, SamplerOptions
+from motfm.runtime import autocast, pick_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast for ``precision=bf16``; nothing for ``fp32``."""
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+def sampler_options(cfg: DictConfig) -> SamplerOptions:
+    """The sampler options of a sampling / evaluation config."""
+    return SamplerOptions(
+        time_grid=cfg.get("time_grid", "uniform"),
+        shift=float(cfg.get("time_shift", 1.0)),
+        rho=float(cfg.get("rho", 7.0)),
+        rtol=float(cfg.get("rtol", 1e-5)),
+        atol=float(cfg.get("atol", 1e-5)),
+        eta=float(cfg.get("eta", 0.0)),
+    )
 
 
 @torch.inference_mode()
@@ -59,14 +59,25 @@ def generate_batch(
     model: LoadedModel,
     indices: list[int],
     seed: int,
-    solver: str,
-    steps: int,
+    sampler: str,
+    steps: int | None,
     conditions: Conditions,
     guidance_scale: float = 1.0,
     precision: str = "fp32",
-    solver_kwargs: dict[str, Any] | None = None,
+    options: SamplerOptions | None = None,
 ) -> tuple[torch.Tensor, int, float]:
-    """Generate samples ``indices``.
+    """Generate samples ``indices`` with a sampler of the model's method.
+
+    Args:
+        model: the loaded model.
+        indices: global sample indices; sample i depends only on ``(seed, i)``.
+        seed: the sampling seed.
+        sampler: a sampler of ``model.objective``.
+        steps: sampler steps (``None`` for adaptive solvers).
+        conditions: labels / masks, cycled over the indices.
+        guidance_scale: classifier-free guidance weight.
+        precision: ``fp32`` or ``bf16`` (resolved, see :func:`motfm.runtime.resolve_precision`).
+        options: sampler options.
 
     Returns:
         Images ``[B, C, *spatial]`` in [-1, 1] (on the CPU), the NFE used, and the seconds the generation
@@ -77,12 +88,10 @@ def generate_batch(
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    x0 = seeded_noise((model.spec.channels, *model.spec.image_size), indices, seed, device)
+    noise = SampleNoise((model.spec.channels, *model.spec.image_size), indices, seed, device)
     cond, mask = conditions.for_indices(indices, device)
-    null = net.null_cond(len(indices), device) if cond is not None else None
-    velocity, evals = guided_velocity(net, cond, mask, guidance_scale, null)
     with autocast(device, precision):
-        result = integrate(velocity, x0, solver, steps, evals_per_call=evals, **(solver_kwargs or {}))
+        result = model.objective.sample(net, noise, sampler, steps, cond, mask, guidance_scale, options)
     images = result.x.float().clamp(-1, 1).cpu()
     return images, result.nfe, time.perf_counter() - t0
 
@@ -94,21 +103,28 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         cfg.ckpt_path, use_ema=cfg.use_ema, model_overrides=cfg.get("model_overrides"), device=device
     )
     out_dir = Path(cfg.out_dir)
-    solver, steps = cfg.solver.method, cfg.steps
+    objective = model.objective
+    sampler, steps = cfg.sampler or objective.default_samplers[0], cfg.steps
+    objective.check_sampler(sampler, steps)
+    steps = steps if objective.needs_steps(sampler) else None
     if cfg.num_samples < 1 or cfg.batch_size < 1:
         raise ValueError(f"num_samples and batch_size must be >= 1, got {cfg.num_samples}, {cfg.batch_size}")
-    solver_kwargs = {k: cfg.solver[k] for k in ("rtol", "atol") if cfg.solver.get(k) is not None}
+    options = sampler_options(cfg)
+    precision = resolve_precision(cfg.precision, device, model.spec.spatial_dims)
+    log.info("precision %s: %s", precision.name, precision.reason)
     conditions = resolve_conditions(cfg, model)
     parts = out_dir / "parts"
     run_key = {
         "ckpt": str(Path(cfg.ckpt_path).resolve()),
         "seed": cfg.seed,
-        "solver": solver,
+        "method": objective.name,
+        "sampler": sampler,
         "steps": steps,
+        "options": vars(options),
         "guidance_scale": cfg.guidance_scale,
         "use_ema": cfg.use_ema,
         "batch_size": cfg.batch_size,
-        "precision": cfg.precision,
+        "precision": precision.name,
         "conditions": conditions.describe(),
     }
     key_file = parts / "run.json"
@@ -123,15 +139,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         if shard.exists():
             continue
         images, nfe, batch_seconds = generate_batch(
-            model,
-            indices,
-            cfg.seed,
-            solver,
-            steps,
-            conditions,
-            cfg.guidance_scale,
-            cfg.precision,
-            solver_kwargs,
+            model, indices, cfg.seed, sampler, steps, conditions, cfg.guidance_scale, precision.name, options
         )
         seconds += batch_seconds
         generated += len(indices)
@@ -142,20 +150,23 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     shards = [torch.load(p, weights_only=True) for p in sorted(parts.glob("part_*.pt"))]
     images = torch.cat([s["images"] for s in shards])[: cfg.num_samples]
     indices = torch.cat([s["indices"] for s in shards])[: cfg.num_samples]
-    nfe = int(shards[0]["nfe"])  # every batch integrates the same grid; also right after a restart
+    nfe = int(shards[0]["nfe"])  # every batch uses the same sampler and grid; also right after a restart
     labels, masks = conditions.for_indices(indices.tolist(), "cpu")
     write_outputs(out_dir, model, images, indices, labels, masks, conditions, cfg.grid_size)
     info = {
         "ckpt_path": str(cfg.ckpt_path),
-        "solver": solver,
+        "method": objective.name,
+        "sampler": sampler,
         "steps": steps,
         "nfe": nfe,
+        "options": vars(options),
         "guidance_scale": cfg.guidance_scale,
         "num_samples": cfg.num_samples,
         "batch_size": cfg.batch_size,
         "seed": cfg.seed,
         "use_ema": cfg.use_ema,
-        "precision": cfg.precision,
+        "precision": precision.name,
+        "precision_reason": precision.reason,
         "device": str(device),
         "generated_now": generated,
         "seconds": seconds,
@@ -163,14 +174,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         "torch": torch.__version__,
     }
     write_json(out_dir / "sampling.json", info)
-    log.info(
-        "wrote %d samples to %s (%s, %d steps, NFE %d)",
-        cfg.num_samples,
-        out_dir,
-        solver,
-        steps,
-        nfe,
-    )
+    log.info("wrote %d samples to %s (%s, %s steps, NFE %d)", cfg.num_samples, out_dir, sampler, steps, nfe)
     return info
 
 

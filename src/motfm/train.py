@@ -1,6 +1,6 @@
-"""Train a flow-matching model: ``python -m motfm.train [model=unet3d] [data=brain_phantom] [...]``.
+"""Train a model: ``python -m motfm.train [method=fm|ddpm|...] [model=unet3d] [data=brain_phantom] [...]``.
 
-Hydra composes ``conf/train.yaml`` with the groups model / data / coupling / solver / trainer /
+Hydra composes ``conf/train.yaml`` with the groups method / model / data / coupling / trainer /
 logger / callbacks / paths / experiment. The run's folder (``outputs/train/<date>/<time>`` by
 default) holds the resolved config, checkpoints (``checkpoints/last.ckpt``), sample pictures and logs.
 """
@@ -17,33 +17,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
-from motfm.lit.flow_module import FlowMatchingModule
+from motfm.lit.module import GenerativeModule
 from motfm.validate import resolve_resume, validate_train_config
 
 log = logging.getLogger(__name__)
 
 CONFIG_PATH = "../../conf"
-
-
-def build_module(cfg: DictConfig, spec: Any) -> FlowMatchingModule:
-    """Instantiate the network and wrap it in the Lightning module described by ``cfg``."""
-    net = instantiate(cfg.model, _partial_=True)(spec=spec)
-    return FlowMatchingModule(
-        net=net,
-        spec=spec,
-        optimizer=instantiate(cfg.optimizer),
-        warmup_steps=cfg.scheduler.warmup_steps,
-        cosine_decay=cfg.scheduler.cosine_decay,
-        min_lr_ratio=cfg.scheduler.min_lr_ratio,
-        coupling=instantiate(cfg.coupling),
-        path=instantiate(cfg.flow.path),
-        time_sampler=instantiate(cfg.flow.time_sampler),
-        ema_decay=cfg.ema_decay,
-        p_uncond=cfg.flow.p_uncond if "class" in cfg.model.conditioning else 0.0,
-        max_nonfinite_steps=cfg.max_nonfinite_steps,
-        seed=cfg.seed,
-        config=OmegaConf.to_container(cfg, resolve=True),
-    )
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -62,7 +41,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data, seed=cfg.seed)
     spec = datamodule.spec
     log.info("data: %s", spec)
-    module = build_module(cfg, spec)
+    module = GenerativeModule.from_config(cfg, spec)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     if not loggers:  # logger=none: there is nothing to monitor the learning rate into

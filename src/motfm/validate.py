@@ -10,21 +10,22 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from motfm.flow.solvers import FIXED_STEP_SOLVERS, SOLVERS
+from motfm.objectives.base import Objective, SamplerError
 
 
 class ConfigError(ValueError):
     """An invalid configuration value; the message names the key."""
 
 
-def check_solver(method: str, steps: int | None) -> None:
-    """A known solver with a valid number of steps."""
-    if method not in SOLVERS:
-        raise ConfigError(f"solver.method={method!r} is not one of {SOLVERS}")
-    if method in FIXED_STEP_SOLVERS and (not isinstance(steps, int) or steps < 1):
-        raise ConfigError(f"steps={steps!r}: a fixed-step solver needs an integer >= 1")
+def check_sampler(objective: Objective, sampler: str, steps: int | None, key: str) -> None:
+    """A sampler of the objective with a valid number of steps."""
+    try:
+        objective.check_sampler(sampler, steps)
+    except SamplerError as err:
+        raise ConfigError(f"{key}: {err}") from None
 
 
 def check_writable(folder: str | Path, key: str) -> None:
@@ -65,16 +66,22 @@ def validate_train_config(cfg: DictConfig) -> None:
     Raises:
         ConfigError: naming the first invalid key.
     """
-    check_solver(cfg.solver.method, cfg.solver.steps)
-    sample_grid = (cfg.get("callbacks") or {}).get("sample_grid")
-    if sample_grid is not None:
-        check_solver(sample_grid.solver, sample_grid.steps)
-        if sample_grid.get("guidance_scale", 1.0) < 0:
-            raise ConfigError(
-                f"callbacks.sample_grid.guidance_scale={sample_grid.guidance_scale} must be >= 0"
-            )
-    if not 0 <= cfg.flow.p_uncond < 1:
-        raise ConfigError(f"flow.p_uncond={cfg.flow.p_uncond} must be in [0, 1)")
+    if not 0 <= cfg.method.get("p_uncond", 0.0) < 1:
+        raise ConfigError(f"method.p_uncond={cfg.method.p_uncond} must be in [0, 1)")
+    try:
+        objective = instantiate(cfg.method)
+    except Exception as err:  # Hydra wraps the objective's own ValueError
+        raise ConfigError(f"method: {err.__cause__ or err}") from None
+    check_sampler(objective, cfg.sampling.sampler, cfg.sampling.steps, "sampling")
+    callbacks = cfg.get("callbacks") or {}
+    for name in ("sample_grid", "metrics"):
+        cb = callbacks.get(name)
+        if cb is None:
+            continue
+        for steps in cb.steps if name == "metrics" else [cb.steps]:
+            check_sampler(objective, cb.sampler, steps, f"callbacks.{name}")
+        if cb.get("guidance_scale", 1.0) < 0:
+            raise ConfigError(f"callbacks.{name}.guidance_scale={cb.guidance_scale} must be >= 0")
     if not 0 <= cfg.ema_decay < 1:
         raise ConfigError(f"ema_decay={cfg.ema_decay} must be in [0, 1)")
     if cfg.optimizer.lr <= 0:

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from cli_helpers import TINY_2D, TINY_3D, compose_config
-from motfm.checkpoint import CheckpointError, load_model
+from motfm.checkpoint import CheckpointError
+from motfm.loading import load_model
 from motfm.sample import sample
 from motfm.train import train
 
@@ -30,7 +31,7 @@ def run_sample(ckpt, out_dir, *overrides):
 
 
 def test_sample_round_trip_2d(ckpt_2d, tmp_path):
-    info = run_sample(ckpt_2d, tmp_path, "steps=3", "solver=midpoint", "num_samples=5", "batch_size=2")
+    info = run_sample(ckpt_2d, tmp_path, "steps=3", "sampler=midpoint", "num_samples=5", "batch_size=2")
     assert info["nfe"] == 6 and info["steps"] == 3 and info["samples_per_s"] > 0
     assert json.loads((tmp_path / "sampling.json").read_text())["nfe"] == 6
     data = np.load(tmp_path / "samples.npz")
@@ -40,7 +41,7 @@ def test_sample_round_trip_2d(ckpt_2d, tmp_path):
     assert (tmp_path / "grid.png").stat().st_size > 0
     # the same samples come back whatever the batch size (sample i depends on (seed, i) only)
     other = tmp_path / "other"
-    run_sample(ckpt_2d, other, "steps=3", "solver=midpoint", "num_samples=5", "batch_size=5")
+    run_sample(ckpt_2d, other, "steps=3", "sampler=midpoint", "num_samples=5", "batch_size=5")
     assert np.allclose(np.load(other / "samples.npz")["images"], data["images"], atol=1e-5)
 
 

@@ -44,10 +44,10 @@ def test_short_run_writes_checkpoint_and_sample_grid(tmp_path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("solver.steps=0", "steps=0: a fixed-step solver needs an integer >= 1"),
-        ("solver.method=heun9", "solver.method='heun9' is not one of"),
+        ("sampling.steps=0", "sampling: steps=0: sampler 'euler' needs an integer >= 1"),
+        ("sampling.sampler=heun9", "sampling: sampler 'heun9' does not apply to a 'fm' model"),
         ("+callbacks.sample_grid.guidance_scale=-1", "guidance_scale=-1 must be >= 0"),
-        ("flow.p_uncond=1.5", "flow.p_uncond=1.5 must be in"),
+        ("method.p_uncond=1.5", "method.p_uncond=1.5 must be in"),
         ("optimizer.lr=0", "optimizer.lr=0 must be > 0"),
         ("data.dataset.size=33", "not divisible by 2"),
         ("model.channels=[6,16]", "channels 6 are not divisible by norm_groups 4"),

@@ -117,8 +117,8 @@ def test_clear_errors():
         build_velocity_net(spec_for(2), conditioning=("text",), **TINY)
     net = build_velocity_net(spec_for(2), conditioning=("mask",), **TINY)
     x, t, _, mask = inputs(2)
-    with pytest.raises(ValueError, match=r"mask labels span \[0, 7\]"):
-        net(x, t, mask=mask.clamp(max=3).index_fill_(0, torch.tensor([0]), 7))
+    with pytest.raises(ValueError, match=r"mask labels span \[0, 7\]"):  # values: checked at the boundary
+        net.check_conditions(None, mask.clamp(max=3).index_fill_(0, torch.tensor([0]), 7))
     with pytest.raises(ValueError, match="mask spatial size"):
         net(x, t, mask=torch.zeros(2, 1, 8, 8, dtype=torch.long))
     with pytest.raises(ValueError, match="mask-conditional"):
@@ -135,4 +135,4 @@ def test_one_hot_mask_and_class_embedding_checks():
     emb = ClassEmbedding(3, 2, 8)
     assert emb(torch.tensor([0, 3])).shape == (2, 2, 8)
     with pytest.raises(ValueError, match="class labels span"):
-        emb(torch.tensor([4]))
+        emb.check_labels(torch.tensor([4]))

@@ -1,12 +1,12 @@
 """Sampling: integrate dx/dt = v(x, t) from noise at t=0 to data at t=1.
 
-A thin layer over torchdiffeq (Chen et al. 2018). Fixed-step solvers (``euler``, ``midpoint``,
-``rk4``) take ``steps`` uniform steps on [0, 1]; ``dopri5`` adapts its steps to ``rtol``/``atol``.
-Every call reports the number of network evaluations (NFE) it actually used. Euler with one step is
-x1 = x0 + v(x0, 0): a single evaluation and a jump to t=1 (the original MOTFM returned the untouched
-noise there). Classifier-free guidance (Ho & Salimans 2022, Eq. 6, in velocity form
-v = v_uncond + w (v_cond - v_uncond)) evaluates the conditional and unconditional branches in one
-batched network call.
+A thin layer over torchdiffeq (Chen et al. 2018). Fixed-step solvers (``euler``, ``heun``,
+``midpoint``, ``rk4``) step over a time grid (:func:`time_grid`: uniform, shifted or EDM-style);
+``dopri5`` adapts its steps to ``rtol``/``atol``. Every call reports the number of network evaluations
+(NFE) it actually used. Euler with one step is x1 = x0 + v(x0, 0): a single evaluation and a jump to
+t=1 (the original MOTFM returned the untouched noise there). Classifier-free guidance (Ho & Salimans
+2022, Eq. 6, in velocity form v = v_uncond + w (v_cond - v_uncond)) evaluates the conditional and
+unconditional branches in one batched network call.
 """
 
 from __future__ import annotations
@@ -20,9 +20,16 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
-FIXED_STEP_SOLVERS = {"euler": 1, "midpoint": 2, "rk4": 4}
+# name -> (torchdiffeq method, evaluations per step); heun is the explicit trapezoidal rule (Heun 1900).
+FIXED_STEP_SOLVERS = {
+    "euler": ("euler", 1),
+    "heun": ("heun2", 2),
+    "midpoint": ("midpoint", 2),
+    "rk4": ("rk4", 4),
+}
 ADAPTIVE_SOLVERS = ("dopri5",)
 SOLVERS = (*FIXED_STEP_SOLVERS, *ADAPTIVE_SOLVERS)
+TIME_GRIDS = ("uniform", "shifted", "edm")
 
 VelocityFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -42,6 +49,54 @@ class SampleResult:
     nfe: int
     times: Tensor | None = None
     trajectory: Tensor | None = None
+
+
+def time_grid(
+    steps: int,
+    kind: str = "uniform",
+    shift: float = 1.0,
+    rho: float = 7.0,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """The ``steps + 1`` times ``0 = t_0 < ... < t_steps = 1`` of a fixed-step solver.
+
+    - ``uniform``: ``t_i = i / steps``.
+    - ``shifted``: ``t = u / (u + s (1 - u))`` of the uniform ``u`` (the time shift of Esser et al. 2024,
+      Sec. 5.3.2, in the suite's convention with the noise at t=0): ``s > 1`` puts more steps near the
+      noise, ``s < 1`` near the data, ``s = 1`` is uniform.
+    - ``edm``: the noise levels of Karras et al. 2022 (Eq. 5, ``sigma_max=80``, ``sigma_min=0.002``,
+      exponent ``rho``), where the straight path's noise-to-signal ratio is ``sigma = (1 - t) / t``, so
+      ``t = 1 / (1 + sigma)``; the first and last times are then set to exactly 0 and 1.
+
+    Args:
+        steps: number of steps (>= 1).
+        kind: ``uniform``, ``shifted`` or ``edm``.
+        shift: ``s`` of the shifted grid (> 0).
+        rho: exponent of the EDM grid (> 0).
+        device: where the grid goes.
+
+    Returns:
+        float32 ``[steps + 1]``, increasing from 0 to 1.
+    """
+    if kind not in TIME_GRIDS:
+        raise ValueError(f"unknown time grid {kind!r}; expected one of {TIME_GRIDS}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    if kind == "shifted":
+        if shift <= 0:
+            raise ValueError(f"the time shift must be > 0, got {shift}")
+        t = u / (u + shift * (1.0 - u))
+    elif kind == "edm":
+        if rho <= 0:
+            raise ValueError(f"the EDM exponent rho must be > 0, got {rho}")
+        smax, smin = 80.0 ** (1.0 / rho), 0.002 ** (1.0 / rho)
+        sigma = (smax + u * (smin - smax)) ** rho
+        t = 1.0 / (1.0 + sigma)
+        t[0], t[-1] = 0.0, 1.0
+    else:
+        t = u
+    return t.to(device=device, dtype=torch.float32)
 
 
 class CountingVelocity:
@@ -73,19 +128,21 @@ def integrate(
     atol: float = 1e-5,
     return_trajectory: bool = False,
     evals_per_call: int = 1,
+    grid: Tensor | None = None,
 ) -> SampleResult:
     """Solve dx/dt = v(x, t) on t in [0, 1] starting from ``x0``.
 
     Args:
         velocity: ``v(x [B, C, *spatial], t [B]) -> [B, C, *spatial]``.
         x0: initial noise ``[B, C, *spatial]``.
-        solver: ``euler``, ``midpoint``, ``rk4`` or ``dopri5``.
-        steps: number of uniform steps of a fixed-step solver (ignored by ``dopri5``).
+        solver: ``euler``, ``heun``, ``midpoint``, ``rk4`` or ``dopri5``.
+        steps: number of steps of a fixed-step solver (ignored by ``dopri5``).
         rtol: relative tolerance of ``dopri5``.
         atol: absolute tolerance of ``dopri5``.
         return_trajectory: also return the states at every step (``steps + 1`` times for fixed-step
             solvers; t = 0, 0.1, ..., 1 for ``dopri5``).
         evals_per_call: network evaluations per velocity call, for NFE accounting.
+        grid: the ``steps + 1`` times of a fixed-step solver (default: uniform; see :func:`time_grid`).
 
     Returns:
         A :class:`SampleResult` with the final state and the NFE used.
@@ -97,10 +154,14 @@ def integrate(
     func = CountingVelocity(velocity, evals_per_call)
     device = x0.device
     if solver in FIXED_STEP_SOLVERS:
-        grid = torch.linspace(0.0, 1.0, steps + 1, device=device, dtype=torch.float32)
+        grid = (
+            time_grid(steps, device=device) if grid is None else grid.to(device=device, dtype=torch.float32)
+        )
+        if grid.shape != (steps + 1,):
+            raise ValueError(f"a {steps}-step grid needs {steps + 1} times, got {tuple(grid.shape)}")
         times = grid if return_trajectory else grid[[0, -1]]
         options: dict[str, Any] = {"grid_constructor": lambda *_: grid}
-        out = odeint(func, x0, times, method=solver, options=options)
+        out = odeint(func, x0, times, method=FIXED_STEP_SOLVERS[solver][0], options=options)
     else:
         times = torch.linspace(0.0, 1.0, 11 if return_trajectory else 2, device=device)
         out = odeint(func, x0, times, method=solver, rtol=rtol, atol=atol)
@@ -153,32 +214,35 @@ def guided_velocity(
     mask: Tensor | None = None,
     guidance_scale: float = 1.0,
     null_cond: Tensor | None = None,
-) -> tuple[VelocityFn, int]:
+) -> tuple[Callable[..., Tensor], int]:
     """Bind conditions to a network and apply classifier-free guidance.
 
     Args:
-        net: ``net(x, t, *, cond=None, mask=None) -> v``.
+        net: ``net(x, t, *, cond=None, mask=None, **extra) -> v``.
         cond: class labels ``[B]`` or a context ``[B, L, D]`` (or ``None``).
         mask: label map ``[B, 1, *spatial]`` (or ``None``); it conditions both branches.
         guidance_scale: ``w``; 1 means plain conditional sampling with no extra evaluations.
         null_cond: the "no condition" value of ``cond`` for the unconditional branch ``[B]`` / ``[B, L, D]``.
 
     Returns:
-        ``(v(x, t), evals_per_call)``: the bound field and the network evaluations each call costs.
+        ``(v(x, t, **extra), evals_per_call)``: the bound field and the network evaluations each call costs.
+        ``extra`` holds further per-sample inputs ``[B]`` of the network (MeanFlow's second time ``r``),
+        duplicated for the two branches.
     """
     if guidance_scale < 0:
         raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
     if cond is None or guidance_scale == 1.0:
-        return (lambda x, t: net(x, t, cond=cond, mask=mask)), 1
+        return (lambda x, t, **extra: net(x, t, cond=cond, mask=mask, **extra)), 1
     if null_cond is None:
         raise ValueError("classifier-free guidance needs the null condition of the model")
     if guidance_scale == 0.0:
-        return (lambda x, t: net(x, t, cond=null_cond, mask=mask)), 1
+        return (lambda x, t, **extra: net(x, t, cond=null_cond, mask=mask, **extra)), 1
     both_cond = torch.cat([cond, null_cond])
     both_mask = None if mask is None else torch.cat([mask, mask])
 
-    def v(x: Tensor, t: Tensor) -> Tensor:
-        out = net(torch.cat([x, x]), torch.cat([t, t]), cond=both_cond, mask=both_mask)
+    def v(x: Tensor, t: Tensor, **extra: Tensor) -> Tensor:
+        doubled = {k: torch.cat([e, e]) for k, e in extra.items()}
+        out = net(torch.cat([x, x]), torch.cat([t, t]), cond=both_cond, mask=both_mask, **doubled)
         v_cond, v_uncond = out.chunk(2)
         return v_uncond + guidance_scale * (v_cond - v_uncond)
 

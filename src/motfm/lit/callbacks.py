@@ -32,13 +32,13 @@ class SampleGrid(L.Callback):
 
     For 3D models the picture shows the three orthogonal mid slices of each volume; for
     mask-conditioned models each mask is drawn above its sample. The picture goes to
-    ``<dirpath>/epoch=E-step=S.png`` and to the W&B logger when one is active.
+    ``<dirpath>/epoch_E-step_S.png`` and to the W&B logger when one is active.
 
     Args:
         dirpath: folder of the pictures.
         num_samples: images per grid.
-        steps: solver steps.
-        solver: ODE solver.
+        steps: sampler steps.
+        sampler: a sampler of the model's method (an ODE solver for flow matching).
         seed: sampling seed (the same images every time, so progress is comparable).
         guidance_scale: classifier-free guidance weight for class-conditional models.
         every_n_epochs: sampling period in validation epochs.
@@ -50,14 +50,14 @@ class SampleGrid(L.Callback):
         dirpath: str,
         num_samples: int = 16,
         steps: int = 10,
-        solver: str = "euler",
+        sampler: str = "euler",
         seed: int = 0,
         guidance_scale: float = 1.0,
         every_n_epochs: int = 1,
         upscale: int = 2,
     ) -> None:
         self.dirpath = Path(dirpath)
-        self.num_samples, self.steps, self.solver, self.seed = num_samples, steps, solver, seed
+        self.num_samples, self.steps, self.sampler, self.seed = num_samples, steps, sampler, seed
         self.guidance_scale, self.every_n_epochs, self.upscale = guidance_scale, every_n_epochs, upscale
         self.last_path: Path | None = None
 
@@ -70,7 +70,7 @@ class SampleGrid(L.Callback):
         result = pl_module.generate(
             list(range(self.num_samples)),
             self.seed,
-            self.solver,
+            self.sampler,
             self.steps,
             labels,
             masks,
@@ -78,7 +78,7 @@ class SampleGrid(L.Callback):
         )
         images = result.x if masks is None else with_masks(result.x, masks, pl_module.net.num_mask_labels)
         picture = sample_picture(images)
-        path = self.dirpath / f"epoch={trainer.current_epoch:03d}-step={trainer.global_step:06d}.png"
+        path = self.dirpath / f"epoch_{trainer.current_epoch:03d}-step_{trainer.global_step:06d}.png"
         save_png(picture, path, self.upscale)
         self.last_path = path
         for logger in trainer.loggers:

@@ -76,8 +76,8 @@ class MetricsCallback(L.Callback):
     Args:
         every_n_epochs: period in validation epochs (epoch 0 included, as :class:`SampleGrid`).
         num_samples: generated images per evaluation (shared out over the processes).
-        steps: solver steps; each value gives its own metrics.
-        solver: ODE solver.
+        steps: sampler steps; each value gives its own metrics.
+        sampler: a sampler of the model's method.
         seed: sampling seed (the same noise every time, so values are comparable across epochs).
         guidance_scale: classifier-free guidance weight for class-conditional models.
         extractor: registered feature extractor (a 2D one scores volumes through 2.5D slices).
@@ -95,7 +95,7 @@ class MetricsCallback(L.Callback):
         every_n_epochs: int = 1,
         num_samples: int = 64,
         steps: Sequence[int] = (1, 10),
-        solver: str = "euler",
+        sampler: str = "euler",
         seed: int = 0,
         guidance_scale: float = 1.0,
         extractor: str = "inception_bundled",
@@ -117,7 +117,7 @@ class MetricsCallback(L.Callback):
             num_samples,
             [int(s) for s in steps],
         )
-        self.solver, self.seed, self.guidance_scale = solver, seed, guidance_scale
+        self.sampler, self.seed, self.guidance_scale = sampler, seed, guidance_scale
         self.extractor_name, self.extractor_kwargs = extractor, dict(extractor_kwargs or {})
         self.slices_2p5d = dict(slices_2p5d or {})
         self.split, self.num_real, self.batch_size = split, num_real, batch_size
@@ -164,7 +164,7 @@ class MetricsCallback(L.Callback):
                 labels = torch.stack([s["label"] for s in items]).to(device) if need_label else None
                 masks = torch.stack([s["mask"] for s in items]).to(device) if need_mask else None
                 images = pl_module.generate(
-                    batch, self.seed, self.solver, k, labels, masks, self.guidance_scale
+                    batch, self.seed, self.sampler, k, labels, masks, self.guidance_scale
                 ).x.float()
                 distances.update(self._features(images, device), real=False)
                 if segmenter is not None:

@@ -13,36 +13,57 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from motfm.nn.blocks import conv_nd, zero_module
 from motfm.nn.unet import UNet, UNetConfig, UNetEncoder
 
 
-def one_hot_mask(mask: Tensor, num_labels: int, spatial_dims: int) -> Tensor:
-    """Check an integer label map and turn it into one-hot channels.
+def check_mask(mask: Tensor, num_labels: int, spatial_dims: int) -> None:
+    """Raise a clear error for a label map the ControlNet cannot read (reads values: a host sync on a GPU).
+
+    Called where masks enter the suite (data loaders, the sampling CLIs), never inside ``forward``.
 
     Args:
         mask: int64 label map ``[B, 1, *spatial]`` with values in ``0 .. num_labels - 1``.
         num_labels: number of labels including background.
         spatial_dims: 2 or 3.
-
-    Returns:
-        float ``[B, num_labels, *spatial]``.
     """
+    check_mask_shape(mask, spatial_dims)
+    if mask.numel() and (int(mask.min()) < 0 or int(mask.max()) >= num_labels):
+        raise ValueError(
+            f"mask labels span [{int(mask.min())}, {int(mask.max())}], expected 0..{num_labels - 1}"
+        )
+
+
+def check_mask_shape(mask: Tensor, spatial_dims: int) -> None:
+    """Shape and dtype checks of a label map (no value reads, so no host-device synchronisation)."""
     if mask.ndim != spatial_dims + 2 or mask.shape[1] != 1:
         raise ValueError(
             f"mask must have shape [B, 1, {', '.join(['S'] * spatial_dims)}], got {tuple(mask.shape)}"
         )
     if mask.is_floating_point():
         raise ValueError(f"mask must be an integer label map, got dtype {mask.dtype}")
-    if mask.numel() and (int(mask.min()) < 0 or int(mask.max()) >= num_labels):
-        raise ValueError(
-            f"mask labels span [{int(mask.min())}, {int(mask.max())}], expected 0..{num_labels - 1}"
-        )
-    onehot = F.one_hot(mask[:, 0].long(), num_labels)
-    return onehot.movedim(-1, 1).float()
+
+
+def one_hot_mask(
+    mask: Tensor, num_labels: int, spatial_dims: int, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """One-hot channels of an integer label map, by comparison (no value checks, no host sync).
+
+    Args:
+        mask: integer label map ``[B, 1, *spatial]``; values outside ``0 .. num_labels - 1`` (rejected at the
+            data boundary by :func:`check_mask`) would give all-zero channels.
+        num_labels: number of labels including background.
+        spatial_dims: 2 or 3.
+        dtype: the output dtype.
+
+    Returns:
+        ``[B, num_labels, *spatial]``.
+    """
+    check_mask_shape(mask, spatial_dims)
+    labels = torch.arange(num_labels, device=mask.device).view(1, -1, *([1] * spatial_dims))
+    return (mask == labels).to(dtype)
 
 
 class MaskEmbedding(nn.Module):
@@ -104,7 +125,13 @@ class ControlNet(nn.Module):
         return net
 
     def forward(
-        self, x: Tensor, t: Tensor, mask: Tensor, context: Tensor | None = None, scale: float = 1.0
+        self,
+        x: Tensor,
+        t: Tensor,
+        mask: Tensor,
+        context: Tensor | None = None,
+        scale: float = 1.0,
+        r: Tensor | None = None,
     ) -> tuple[list[Tensor], Tensor]:
         """Compute the residuals for the UNet.
 
@@ -114,17 +141,18 @@ class ControlNet(nn.Module):
             mask: int64 label map ``[B, 1, *spatial]``.
             context: the same cross-attention context the UNet receives.
             scale: ``conditioning_scale`` multiplying every residual.
+            r: the second time ``[B]`` of an average-velocity model (see :class:`UNetEncoder`).
 
         Returns:
             ``(down_residuals, mid_residual)`` matching the UNet's skips and middle activation.
         """
-        onehot = one_hot_mask(mask, self.num_mask_labels, self.cfg.spatial_dims).to(x.dtype)
+        onehot = one_hot_mask(mask, self.num_mask_labels, self.cfg.spatial_dims, x.dtype)
         if onehot.shape[2:] != x.shape[2:]:
             raise ValueError(
                 f"mask spatial size {tuple(onehot.shape[2:])} differs from image {tuple(x.shape[2:])}"
             )
         onehot = onehot.contiguous(memory_format=_memory_format(x))
-        h, skips, _ = self.encoder(x, t, context, hint=self.mask_embed(onehot))
+        h, skips, _ = self.encoder(x, t, context, hint=self.mask_embed(onehot), r=r)
         down = [conv(s) * scale for conv, s in zip(self.zero_convs, skips)]
         return down, self.mid_zero_conv(h) * scale
 

@@ -49,6 +49,30 @@ class TimeEmbedding(nn.Module):
         return self.mlp(sinusoidal_embedding(t, self.base_dim))
 
 
+class IntervalEmbedding(nn.Module):
+    """Embedding of the interval ``d = r - t`` of an average-velocity model (MeanFlow's second time).
+
+    It returns ``mlp(sin(d)) - mlp(sin(0))`` with a zero-initialised last layer: zero for every ``d`` at
+    initialisation, and exactly zero for ``d = 0`` always, so a model evaluated at ``r = t`` is an ordinary
+    velocity field (Geng et al. 2025, "Mean Flows for One-step Generative Modeling", Sec. 4: the network
+    conditions on (t, t - r)).
+
+    Args:
+        base_dim: width of the sinusoidal features.
+        out_dim: width of the time embedding it is added to.
+    """
+
+    def __init__(self, base_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.time = TimeEmbedding(base_dim, out_dim)
+        nn.init.zeros_(self.time.mlp[-1].weight)
+        nn.init.zeros_(self.time.mlp[-1].bias)
+
+    def forward(self, d: Tensor) -> Tensor:
+        """Map intervals ``[B]`` to ``[B, out_dim]``."""
+        return self.time(d) - self.time(torch.zeros_like(d[:1]))
+
+
 class ClassEmbedding(nn.Module):
     """Class labels as a learned token sequence, the context of cross-attention.
 
@@ -74,8 +98,12 @@ class ClassEmbedding(nn.Module):
         """The label value that selects the null (unconditional) token."""
         return self.num_classes
 
-    def forward(self, labels: Tensor) -> Tensor:
-        """Map int64 labels ``[B]`` (``num_classes`` = null) to the context ``[B, L, D]``."""
+    def check_labels(self, labels: Tensor) -> None:
+        """Raise a clear error for labels outside ``0 .. num_classes`` (reads values: a host sync on a GPU).
+
+        Called where conditions enter the suite (data loaders, the sampling CLIs), never inside ``forward``,
+        so that the forward pass has no host-device synchronisation and compiles as one graph.
+        """
         if labels.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"class labels must be an integer tensor, got {labels.dtype}")
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > self.num_classes):
@@ -83,4 +111,9 @@ class ClassEmbedding(nn.Module):
                 f"class labels span [{int(labels.min())}, {int(labels.max())}], "
                 f"expected 0..{self.num_classes - 1} (or {self.num_classes} for the null token)"
             )
+
+    def forward(self, labels: Tensor) -> Tensor:
+        """Map int64 labels ``[B]`` (``num_classes`` = null; see :meth:`check_labels`) to ``[B, L, D]``."""
+        if labels.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"class labels must be an integer tensor, got {labels.dtype}")
         return self.table(labels.long()).view(-1, self.num_tokens, self.dim)

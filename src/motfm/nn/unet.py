@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from motfm.nn.attention import SpatialTransformer, check_backend
 from motfm.nn.blocks import Downsample, ResBlock, Upsample, check_groups, conv_nd, zero_module
-from motfm.nn.embeddings import TimeEmbedding
+from motfm.nn.embeddings import IntervalEmbedding, TimeEmbedding
 
 
 class ResAttnStage(nn.Module):
@@ -49,6 +49,8 @@ class UNetConfig:
         transformer_num_layers: transformer layers per attention block.
         context_dim: width of the cross-attention context (``None``: no cross-attention).
         attention_backend: ``sdpa`` or ``xformers``.
+        interval_embedding: also embed a second time ``r`` (MeanFlow's average-velocity models), through
+            :class:`~motfm.nn.embeddings.IntervalEmbedding` of ``r - t``.
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class UNetConfig:
         transformer_num_layers: int = 1,
         context_dim: int | None = None,
         attention_backend: str = "sdpa",
+        interval_embedding: bool = False,
     ) -> None:
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
@@ -103,6 +106,7 @@ class UNetConfig:
         self.transformer_num_layers = transformer_num_layers
         self.context_dim = context_dim
         self.attention_backend = attention_backend
+        self.interval_embedding = interval_embedding
 
     @property
     def temb_dim(self) -> int:
@@ -142,6 +146,9 @@ class UNetEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.time_embed = TimeEmbedding(cfg.channels[0], cfg.temb_dim)
+        self.interval_embed = (
+            IntervalEmbedding(cfg.channels[0], cfg.temb_dim) if cfg.interval_embedding else None
+        )
         self.conv_in = conv_nd(cfg.spatial_dims, cfg.in_channels, cfg.channels[0])
         self.levels = nn.ModuleList()
         self.downsamplers = nn.ModuleList()
@@ -163,7 +170,12 @@ class UNetEncoder(nn.Module):
         self.skip_channels = skip_channels
 
     def forward(
-        self, x: Tensor, t: Tensor, context: Tensor | None = None, hint: Tensor | None = None
+        self,
+        x: Tensor,
+        t: Tensor,
+        context: Tensor | None = None,
+        hint: Tensor | None = None,
+        r: Tensor | None = None,
     ) -> tuple[Tensor, list[Tensor], Tensor]:
         """Encode.
 
@@ -172,11 +184,16 @@ class UNetEncoder(nn.Module):
             t: time ``[B]`` in [0, 1].
             context: cross-attention context ``[B, L, context_dim]``.
             hint: added after the input convolution, ``[B, channels[0], *spatial]`` (ControlNet).
+            r: the second time ``[B]`` (models with ``interval_embedding``; ``None``: ``r = t``).
 
         Returns:
             ``(mid [B, C_last, *spatial / 2^(levels-1)], skips, temb [B, temb_dim])``.
         """
         temb = self.time_embed(t)
+        if r is not None:
+            if self.interval_embed is None:
+                raise ValueError("this network has no second time input: build it with interval_embedding")
+            temb = temb + self.interval_embed(r - t)
         h = self.conv_in(x)
         if hint is not None:
             h = h + hint
@@ -240,6 +257,7 @@ class UNet(nn.Module):
         context: Tensor | None = None,
         down_residuals: Sequence[Tensor] | None = None,
         mid_residual: Tensor | None = None,
+        r: Tensor | None = None,
     ) -> Tensor:
         """Predict the velocity.
 
@@ -249,12 +267,13 @@ class UNet(nn.Module):
             context: cross-attention context ``[B, L, context_dim]`` (class-conditional models).
             down_residuals: ControlNet residuals added to the skips (one per skip).
             mid_residual: ControlNet residual added to the middle activation.
+            r: the second time ``[B]`` of an average-velocity model.
 
         Returns:
             ``[B, out_channels, *spatial]``.
         """
         self.check_input(x)
-        h, skips, temb = self.encoder(x, t, context)
+        h, skips, temb = self.encoder(x, t, context, r=r)
         if down_residuals is not None:
             skips = [s + r for s, r in zip(skips, down_residuals, strict=True)]
         if mid_residual is not None:

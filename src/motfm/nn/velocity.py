@@ -1,4 +1,4 @@
-"""The one model API of the suite: ``net(x, t, *, cond=None, mask=None) -> v``.
+"""The one model API of the suite: ``net(x, t, *, r=None, cond=None, mask=None) -> v``.
 
 :class:`VelocityNet` turns conditions into what the backbone consumes (class labels into a
 cross-attention context through :class:`ClassEmbedding`, a label map into ControlNet residuals) and
@@ -12,8 +12,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from motfm.checkpoint import read_checkpoint, weights_under
 from motfm.data.base import DataSpec
-from motfm.nn.controlnet import ControlNet
+from motfm.nn.controlnet import ControlNet, check_mask
 from motfm.nn.embeddings import ClassEmbedding
 from motfm.nn.unet import UNet, UNetConfig
 
@@ -76,6 +77,18 @@ class VelocityNet(nn.Module):
             raise ValueError("this model is not class-conditional")
         return torch.full((batch_size,), self.class_embedding.null_index, dtype=torch.long, device=device)
 
+    @property
+    def has_interval(self) -> bool:
+        """Whether the network takes MeanFlow's second time ``r``."""
+        return self.unet.cfg.interval_embedding
+
+    def check_conditions(self, cond: Tensor | None, mask: Tensor | None) -> None:
+        """Check label and mask *values* (a host read): call it where conditions enter, not per step."""
+        if self.class_embedding is not None and cond is not None and not cond.is_floating_point():
+            self.class_embedding.check_labels(cond)
+        if self.controlnet is not None and mask is not None:
+            check_mask(mask, self.controlnet.num_mask_labels, self.spatial_dims)
+
     def context(self, cond: Tensor | None, batch_size: int, device: torch.device) -> Tensor | None:
         """The cross-attention context ``[B, L, D]`` for ``cond`` (labels ``[B]`` or a ready context)."""
         if self.class_embedding is None:
@@ -96,13 +109,25 @@ class VelocityNet(nn.Module):
         return self.class_embedding(cond)
 
     def forward(
-        self, x: Tensor, t: Tensor | float, *, cond: Tensor | None = None, mask: Tensor | None = None
+        self,
+        x: Tensor,
+        t: Tensor | float,
+        *,
+        r: Tensor | float | None = None,
+        cond: Tensor | None = None,
+        mask: Tensor | None = None,
     ) -> Tensor:
-        """Predict the velocity at ``(x, t)``.
+        """Predict the velocity at ``(x, t)`` (or, given ``r``, the average velocity over ``[t, r]``).
+
+        Only shapes are checked here (no host-device synchronisation, so the forward pass compiles as one
+        graph and can be captured in a CUDA graph); label and mask values are checked where they enter the
+        suite (:meth:`check_conditions`).
 
         Args:
             x: state ``[B, C, H, W]`` or ``[B, C, D, H, W]``.
             t: time in [0, 1], ``[B]`` or a scalar (broadcast); used as a float.
+            r: the end of the averaging interval ``[B]`` or a scalar (networks built with
+                ``interval_embedding``, see :mod:`motfm.objectives.meanflow`); ``None`` means ``r = t``.
             cond: class labels int64 ``[B]`` (value ``num_classes`` = no condition), or a context
                 ``[B, L, D]``; ``None`` means unconditional (the null token for class models).
             mask: int64 label map ``[B, 1, *spatial]``, required by mask-conditional models.
@@ -111,10 +136,9 @@ class VelocityNet(nn.Module):
             The velocity, same shape as ``x``.
         """
         b = x.shape[0]
-        t = torch.as_tensor(t, device=x.device, dtype=torch.float32)
-        t = t.expand(b) if t.ndim == 0 else t.float()
-        if t.shape != (b,):
-            raise ValueError(f"t must be a scalar or have shape [B]=[{b}], got {tuple(t.shape)}")
+        t = self._batch_time(t, b, x.device, "t")
+        if r is not None:
+            r = self._batch_time(r, b, x.device, "r")
         self.unet.check_input(x)
         x = x.contiguous(memory_format=self.memory_format)
         context = self.context(cond, b, x.device)
@@ -124,10 +148,18 @@ class VelocityNet(nn.Module):
                 raise ValueError("this model is mask-conditional: pass mask=[B, 1, *spatial] int64 label map")
             if mask.shape[0] != b:
                 raise ValueError(f"mask batch size {mask.shape[0]} differs from the image batch size {b}")
-            down, mid = self.controlnet(x, t, mask, context, self.conditioning_scale)
+            down, mid = self.controlnet(x, t, mask, context, self.conditioning_scale, r=r)
         elif mask is not None:
             raise ValueError("this model is not mask-conditional, but a mask was given")
-        return self.unet(x, t, context, down, mid)
+        return self.unet(x, t, context, down, mid, r=r)
+
+    @staticmethod
+    def _batch_time(t: Tensor | float, b: int, device: torch.device, name: str) -> Tensor:
+        t = torch.as_tensor(t, device=device, dtype=torch.float32)
+        t = t.expand(b) if t.ndim == 0 else t.float()
+        if t.shape != (b,):
+            raise ValueError(f"{name} must be a scalar or have shape [B]=[{b}], got {tuple(t.shape)}")
+        return t
 
 
 def build_velocity_net(
@@ -149,6 +181,7 @@ def build_velocity_net(
     channels_last: bool = True,
     base_ckpt: str | None = None,
     freeze_base: bool = False,
+    interval_embedding: bool = False,
 ) -> VelocityNet:
     """Build a :class:`VelocityNet` sized by the data (channels, classes, mask labels).
 
@@ -166,6 +199,7 @@ def build_velocity_net(
         base_ckpt: a motfm checkpoint whose (EMA) UNet and class embedding initialise the backbone, e.g.
             an unconditional or class-conditional model to which a ControlNet is added.
         freeze_base: train only what the base does not contain (the ControlNet), as in Zhang et al. 2023.
+        interval_embedding: a second time input ``r`` (set by objectives that need it, e.g. MeanFlow).
 
     Returns:
         The network.
@@ -193,6 +227,7 @@ def build_velocity_net(
         transformer_num_layers=transformer_num_layers,
         context_dim=class_dim if has_class else None,
         attention_backend=attention_backend,
+        interval_embedding=interval_embedding,
     )
     if has_class and not any(cfg.attention_levels):
         raise ValueError(
@@ -226,8 +261,6 @@ def load_base(path: str, unet: UNet, class_embedding: ClassEmbedding | None) -> 
     Raises:
         ValueError: naming the checkpoint when its backbone does not fit this architecture.
     """
-    from motfm.checkpoint import read_checkpoint, weights_under
-
     state = read_checkpoint(path)["state_dict"]
     for name, module in (("unet", unet), ("class_embedding", class_embedding)):
         if module is None:

@@ -1,0 +1,109 @@
+"""Rebuild a trained model (network + objective) from a checkpoint's own configuration."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import OmegaConf
+
+from motfm.checkpoint import CheckpointError, read_checkpoint, weights_under
+from motfm.data.base import DataSpec
+from motfm.nn.velocity import VelocityNet
+from motfm.objectives.base import Objective
+from motfm.objectives.flow_matching import FlowMatching
+
+# Model options that do not alter the architecture, so they may change at sampling time.
+RUNTIME_MODEL_OPTIONS = ("attention_backend", "conditioning_scale", "channels_last")
+
+
+@dataclass
+class LoadedModel:
+    """A network rebuilt from a checkpoint, with the objective it was trained with.
+
+    Attributes:
+        net: the velocity network (EMA weights unless asked otherwise), in eval mode.
+        objective: the method (flow matching, diffusion, ...), which owns the samplers.
+        spec: the data description it was trained on.
+        config: the resolved training configuration.
+        path: where it came from.
+        global_step: optimiser steps it was trained for.
+    """
+
+    net: VelocityNet
+    objective: Objective
+    spec: DataSpec
+    config: dict[str, Any]
+    path: Path
+    global_step: int
+
+
+def build_objective(config: dict[str, Any], path: str | os.PathLike[str] = "config") -> Objective:
+    """The objective of a (resolved) training config; flow matching for configs older than ``method``."""
+    method = config.get("method")
+    if method is None:
+        return FlowMatching()
+    try:
+        objective = hydra.utils.instantiate(OmegaConf.create(method))
+    except Exception as err:  # Hydra wraps the cause in InstantiationException
+        raise CheckpointError(f"{path}: cannot rebuild the training method ({err})") from err
+    if not isinstance(objective, Objective):
+        raise CheckpointError(f"{path}: 'method' does not describe a motfm objective")
+    return objective
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    use_ema: bool = True,
+    model_overrides: dict[str, Any] | None = None,
+    device: torch.device | str = "cpu",
+) -> LoadedModel:
+    """Rebuild the network and objective of a checkpoint and load its weights.
+
+    Args:
+        path: a checkpoint written by ``python -m motfm.train``.
+        use_ema: load the averaged weights (else the raw training weights).
+        model_overrides: model options to change at load time; only :data:`RUNTIME_MODEL_OPTIONS`, which do
+            not alter the architecture, may differ from the checkpoint.
+        device: where to put the network.
+
+    Returns:
+        The :class:`LoadedModel`.
+    """
+    ckpt = read_checkpoint(path)
+    meta = ckpt["motfm"]
+    config = meta["config"]
+    spec = DataSpec.from_dict(meta["data_spec"])
+    model_cfg = dict(config["model"])
+    for key, value in (model_overrides or {}).items():
+        if key not in RUNTIME_MODEL_OPTIONS and model_cfg.get(key) != value:
+            raise CheckpointError(
+                f"{path}: model.{key}={value!r} contradicts the checkpoint's {model_cfg.get(key)!r}; "
+                f"only {sorted(RUNTIME_MODEL_OPTIONS)} may change at sampling time"
+            )
+        model_cfg[key] = value
+    model_cfg.update(base_ckpt=None, freeze_base=False)  # every weight comes from this checkpoint
+    objective = build_objective(config, path)
+    factory = hydra.utils.instantiate(OmegaConf.create(model_cfg), _partial_=True)
+    net: VelocityNet = factory(spec=spec, **objective.net_kwargs())
+    prefix = "ema.module." if use_ema else "net."
+    state = weights_under(ckpt["state_dict"], prefix)
+    if not state:
+        raise CheckpointError(f"{path}: no weights under '{prefix}' in the checkpoint")
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not fit the configured model: {err}") from err
+    net.eval().to(device)
+    return LoadedModel(
+        net=net,
+        objective=objective,
+        spec=spec,
+        config=config,
+        path=Path(path),
+        global_step=int(ckpt.get("global_step", 0)),
+    )
