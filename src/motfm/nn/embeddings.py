@@ -53,7 +53,7 @@ class IntervalEmbedding(nn.Module):
     """Embedding of the interval ``d = r - t`` of an average-velocity model (MeanFlow's second time).
 
     It returns ``mlp(sin(d)) - mlp(sin(0))`` with a zero-initialised last layer: zero for every ``d`` at
-    initialisation, and exactly zero for ``d = 0`` always, so a model evaluated at ``r = t`` is an ordinary
+    initialisation, and zero for ``d = 0`` always, so a model evaluated at ``r = t`` is an ordinary
     velocity field (Geng et al. 2025, "Mean Flows for One-step Generative Modeling", Sec. 4: the network
     conditions on (t, t - r)).
 
@@ -70,7 +70,8 @@ class IntervalEmbedding(nn.Module):
 
     def forward(self, d: Tensor) -> Tensor:
         """Map intervals ``[B]`` to ``[B, out_dim]``."""
-        return self.time(d) - self.time(torch.zeros_like(d[:1]))
+        e = self.time(torch.cat([d, torch.zeros_like(d[:1])]))  # one call: d = 0 rows cancel exactly
+        return e[:-1] - e[-1:]
 
 
 class ClassEmbedding(nn.Module):
