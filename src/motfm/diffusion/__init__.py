@@ -1,0 +1,13 @@
+"""Discrete diffusion baseline math: DDPM noise schedules and the DDPM, DDIM and DPM-Solver++(2M) samplers.
+
+Plain PyTorch; nothing here imports Lightning or Hydra.
+"""
+
+from motfm.diffusion.schedules import PREDICTIONS, SCHEDULES, NoiseSchedule, sampling_timesteps
+
+__all__ = [
+    "PREDICTIONS",
+    "SCHEDULES",
+    "NoiseSchedule",
+    "sampling_timesteps",
+]
