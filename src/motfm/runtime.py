@@ -131,10 +131,13 @@ def resolve_precision(requested: str, device: torch.device, spatial_dims: int = 
     )
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast for ``precision=bf16``; nothing for ``fp32`` (resolve ``auto`` first)."""
+def autocast(device: torch.device, precision: str, cache: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast for ``precision=bf16``; nothing for ``fp32`` (resolve ``auto`` first).
+
+    ``cache=False`` re-casts the weights at every call, as CUDA graph capture requires.
+    """
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be resolved to 'fp32' or 'bf16', got {precision!r}")
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache)

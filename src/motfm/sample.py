@@ -36,6 +36,7 @@ from motfm.io.atomic import atomic_path, write_json
 from motfm.io.images import sample_picture, save_png, with_masks
 from motfm.io.nifti import save_nifti
 from motfm.loading import LoadedModel, load_model
+from motfm.nn.captured import CapturedNet, sampling_net
 from motfm.objectives.base import SampleNoise, SamplerOptions
 from motfm.runtime import autocast, pick_device, resolve_precision
 
@@ -65,6 +66,7 @@ def generate_batch(
     guidance_scale: float = 1.0,
     precision: str = "fp32",
     options: SamplerOptions | None = None,
+    net: Any = None,
 ) -> tuple[torch.Tensor, int, float]:
     """Generate samples ``indices`` with a sampler of the model's method.
 
@@ -78,19 +80,21 @@ def generate_batch(
         guidance_scale: classifier-free guidance weight.
         precision: ``fp32`` or ``bf16`` (resolved, see :func:`motfm.runtime.resolve_precision`).
         options: sampler options.
+        net: what to call instead of ``model.net`` (e.g. its CUDA-graph or compiled form, see
+            :func:`motfm.nn.captured.sampling_net`).
 
     Returns:
         Images ``[B, C, *spatial]`` in [-1, 1] (on the CPU), the NFE used, and the seconds the generation
         took (the device synchronised before and after, noise drawing and integration included).
     """
-    net = model.net
-    device = next(net.parameters()).device
+    device = next(model.net.parameters()).device
+    net = model.net if net is None else net
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     noise = SampleNoise((model.spec.channels, *model.spec.image_size), indices, seed, device)
     cond, mask = conditions.for_indices(indices, device)
-    with autocast(device, precision):
+    with autocast(device, precision, cache=not isinstance(net, CapturedNet)):
         result = model.objective.sample(net, noise, sampler, steps, cond, mask, guidance_scale, options)
     images = result.x.float().clamp(-1, 1).cpu()
     return images, result.nfe, time.perf_counter() - t0
@@ -113,6 +117,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     precision = resolve_precision(cfg.precision, device, model.spec.spatial_dims)
     log.info("precision %s: %s", precision.name, precision.reason)
     conditions = resolve_conditions(cfg, model)
+    net = sampling_net(model.net, cfg.get("cuda_graphs", False), cfg.get("compile", False))
     parts = out_dir / "parts"
     run_key = {
         "ckpt": str(Path(cfg.ckpt_path).resolve()),
@@ -125,6 +130,8 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         "use_ema": cfg.use_ema,
         "batch_size": cfg.batch_size,
         "precision": precision.name,
+        "cuda_graphs": bool(cfg.get("cuda_graphs", False)),
+        "compile": cfg.get("compile", False),
         "conditions": conditions.describe(),
     }
     key_file = parts / "run.json"
@@ -139,7 +146,16 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         if shard.exists():
             continue
         images, nfe, batch_seconds = generate_batch(
-            model, indices, cfg.seed, sampler, steps, conditions, cfg.guidance_scale, precision.name, options
+            model,
+            indices,
+            cfg.seed,
+            sampler,
+            steps,
+            conditions,
+            cfg.guidance_scale,
+            precision.name,
+            options,
+            net,
         )
         seconds += batch_seconds
         generated += len(indices)

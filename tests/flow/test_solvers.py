@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from motfm.flow.solvers import guided_velocity, integrate, seed_for, seeded_noise
+from motfm.flow.solvers import TIME_GRIDS, guided_velocity, integrate, seed_for, seeded_noise, time_grid
 
 
 def test_euler_constant_field_is_exact_in_one_step():
@@ -43,7 +43,7 @@ def test_linear_ode_matches_exponential(solver, steps, order):
     assert err / err2 == pytest.approx(2**order, rel=0.15)
 
 
-@pytest.mark.parametrize(("solver", "per_step"), [("euler", 1), ("midpoint", 2), ("rk4", 4)])
+@pytest.mark.parametrize(("solver", "per_step"), [("euler", 1), ("heun", 2), ("midpoint", 2), ("rk4", 4)])
 @pytest.mark.parametrize("steps", [1, 3, 10])
 def test_nfe_counts(solver, per_step, steps):
     calls = []
@@ -112,3 +112,46 @@ def test_guidance_scale_one_equals_conditional_and_costs_no_extra_nfe():
     assert torch.allclose(v2(x0, t), expected)
     assert calls == [6]  # both branches in one batched call
     assert integrate(v2, x0, "midpoint", 2, evals_per_call=evals).nfe == 8
+
+
+@pytest.mark.parametrize("kind", TIME_GRIDS)
+@pytest.mark.parametrize("steps", [1, 2, 7])
+def test_time_grids_go_from_0_to_1_increasing(kind, steps):
+    g = time_grid(steps, kind, shift=3.0)
+    assert g.shape == (steps + 1,) and g[0] == 0 and g[-1] == 1
+    assert torch.all(g[1:] > g[:-1])
+
+
+def test_shifted_grid_is_denser_near_the_noise_and_edm_near_both_ends():
+    uniform, shifted, edm = time_grid(10), time_grid(10, "shifted", shift=3.0), time_grid(10, "edm")
+    assert torch.all(shifted[1:-1] < uniform[1:-1])  # s > 1: more steps near t = 0
+    assert torch.allclose(time_grid(10, "shifted", shift=1.0), uniform)
+    # the shift formula t = u / (u + s (1 - u)) at u = 0.5 is 1 / (1 + s)
+    assert shifted[5].item() == pytest.approx(1 / 4)
+    widths = edm.diff()
+    assert widths[0] < widths[5] and widths[-1] < widths[5]  # fine steps near both ends, coarse in between
+
+
+@pytest.mark.parametrize("kind", ["shifted", "edm"])
+@pytest.mark.parametrize(("solver", "order"), [("euler", 1), ("heun", 2), ("rk4", 4)])
+def test_every_fixed_step_solver_keeps_its_order_on_nonuniform_grids(kind, solver, order):
+    x0 = torch.ones(1, 1, 1, 1, dtype=torch.float64)
+
+    def err(steps):
+        grid = time_grid(steps, kind, shift=2.0, rho=3.0).double()
+        return (integrate(lambda x, t: x, x0, solver, steps, grid=grid).x - math.e).abs().item()
+
+    assert err(40) / err(80) == pytest.approx(2**order, rel=0.25)
+
+
+def test_nfe_is_exact_on_any_grid():
+    calls = []
+
+    def v(x, t):
+        calls.append(float(t[0]))
+        return x
+
+    grid = time_grid(3, "edm")
+    res = integrate(v, torch.zeros(2, 1, 2, 2), "heun", 3, grid=grid)
+    assert res.nfe == len(calls) == 6
+    assert calls[0] == 0.0 and calls[-1] == pytest.approx(1.0)  # heun ends with an evaluation at t_N = 1

@@ -1,8 +1,9 @@
 """Sampling: integrate dx/dt = v(x, t) from noise at t=0 to data at t=1.
 
-A thin layer over torchdiffeq (Chen et al. 2018). Fixed-step solvers (``euler``, ``heun``,
-``midpoint``, ``rk4``) step over a time grid (:func:`time_grid`: uniform, shifted or EDM-style);
-``dopri5`` adapts its steps to ``rtol``/``atol``. Every call reports the number of network evaluations
+Fixed-step solvers (``euler``, ``heun``, ``midpoint``, ``rk4``) step over a time grid (:func:`time_grid`:
+uniform, shifted or EDM-style) held on the host, so the loop never synchronises with a GPU and the network
+call can be a replayed CUDA graph; ``dopri5`` adapts its steps to ``rtol``/``atol`` through torchdiffeq
+(Chen et al. 2018). Every call reports the number of network evaluations
 (NFE) it actually used. Euler with one step is x1 = x0 + v(x0, 0): a single evaluation and a jump to
 t=1 (the original MOTFM returned the untouched noise there). Classifier-free guidance (Ho & Salimans
 2022, Eq. 6, in velocity form v = v_uncond + w (v_cond - v_uncond)) evaluates the conditional and
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -116,7 +116,8 @@ class CountingVelocity:
 
     def __call__(self, t: Tensor, x: Tensor) -> Tensor:
         self.nfe += self.evals_per_call
-        return self.fn(x, t.to(x.dtype).expand(x.shape[0]))
+        dtype = torch.promote_types(x.dtype, torch.float32)  # float32, or float64 for float64 states
+        return self.fn(x, t.to(device=x.device, dtype=dtype).expand(x.shape[0]))
 
 
 def integrate(
@@ -154,23 +155,56 @@ def integrate(
     func = CountingVelocity(velocity, evals_per_call)
     device = x0.device
     if solver in FIXED_STEP_SOLVERS:
-        grid = (
-            time_grid(steps, device=device) if grid is None else grid.to(device=device, dtype=torch.float32)
-        )
+        grid = time_grid(steps) if grid is None else grid
         if grid.shape != (steps + 1,):
             raise ValueError(f"a {steps}-step grid needs {steps + 1} times, got {tuple(grid.shape)}")
-        times = grid if return_trajectory else grid[[0, -1]]
-        options: dict[str, Any] = {"grid_constructor": lambda *_: grid}
-        out = odeint(func, x0, times, method=FIXED_STEP_SOLVERS[solver][0], options=options)
+        times = [float(t) for t in grid.cpu()]
+        states = fixed_step_solve(func, x0, solver, times, return_trajectory)
+        out = torch.stack(states) if return_trajectory else states[-1][None]
+        times_out = torch.tensor(times, device=device) if return_trajectory else None
     else:
-        times = torch.linspace(0.0, 1.0, 11 if return_trajectory else 2, device=device)
-        out = odeint(func, x0, times, method=solver, rtol=rtol, atol=atol)
+        times_out = torch.linspace(0.0, 1.0, 11 if return_trajectory else 2, device=device)
+        out = odeint(func, x0, times_out, method=solver, rtol=rtol, atol=atol)
     return SampleResult(
         x=out[-1],
         nfe=func.nfe,
-        times=times if return_trajectory else None,
+        times=times_out if return_trajectory else None,
         trajectory=out if return_trajectory else None,
     )
+
+
+def fixed_step_solve(
+    func: CountingVelocity, x: Tensor, solver: str, times: list[float], keep_all: bool = False
+) -> list[Tensor]:
+    """Step ``dx/dt = func(t, x)`` over the host-side grid ``times`` with a fixed-step Runge-Kutta method.
+
+    Returns:
+        The states at every time (``keep_all``) or just the final one, as a list of ``[B, ...]`` tensors.
+    """
+    states = [x]
+
+    def f(t: float, y: Tensor) -> Tensor:
+        return func(torch.full((), t, device=y.device), y).to(y.dtype)
+
+    for t0, t1 in zip(times[:-1], times[1:]):
+        h = t1 - t0
+        k1 = f(t0, x)
+        if solver == "euler":
+            x = x + h * k1
+        elif solver == "midpoint":
+            x = x + h * f(t0 + h / 2, x + (h / 2) * k1)
+        elif solver == "heun":
+            x = x + (h / 2) * (k1 + f(t1, x + h * k1))
+        else:  # rk4
+            k2 = f(t0 + h / 2, x + (h / 2) * k1)
+            k3 = f(t0 + h / 2, x + (h / 2) * k2)
+            k4 = f(t1, x + h * k3)
+            x = x + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+        if keep_all:
+            states.append(x)
+        else:
+            states[0] = x
+    return states
 
 
 def seed_for(seed: int, index: int) -> int:

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from motfm.nn.blocks import GroupNorm
+
 BACKENDS = ("sdpa", "xformers")
 
 
@@ -156,7 +158,7 @@ class SpatialTransformer(nn.Module):
         super().__init__()
         if channels % head_dim:
             raise ValueError(f"attention channels {channels} are not divisible by head_dim {head_dim}")
-        self.norm = nn.GroupNorm(norm_groups, channels, eps=1e-6)
+        self.norm = GroupNorm(norm_groups, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, channels)
         self.layers = nn.ModuleList(
             TransformerLayer(channels, channels // head_dim, context_dim, dropout, backend)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from motfm.nn.forward_ad import forward_ad_active
 
 
 def conv_nd(spatial_dims: int, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1) -> nn.Module:
@@ -23,6 +26,22 @@ def check_groups(channels: int, groups: int) -> None:
     """Raise a clear error if GroupNorm cannot split ``channels`` into ``groups``."""
     if channels % groups:
         raise ValueError(f"channels {channels} are not divisible by norm_groups {groups}")
+
+
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` (Wu & He 2018) that also works under forward-mode AD on channels-last tensors.
+
+    Under :func:`~motfm.nn.forward_ad.forward_ad_mode` it normalises a contiguous copy (PyTorch's
+    forward-mode rule of ``group_norm`` cannot read channels-last strides); otherwise it is the fused kernel.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, C, *spatial] -> [B, C, *spatial]``."""
+        if forward_ad_active() and not x.is_contiguous():
+            fmt = torch.channels_last if x.ndim == 4 else torch.channels_last_3d
+            out = F.group_norm(x.contiguous(), self.num_groups, self.weight, self.bias, self.eps)
+            return out.contiguous(memory_format=fmt)
+        return super().forward(x)
 
 
 class ResBlock(nn.Module):
@@ -49,10 +68,10 @@ class ResBlock(nn.Module):
         super().__init__()
         check_groups(in_ch, norm_groups)
         check_groups(out_ch, norm_groups)
-        self.norm1 = nn.GroupNorm(norm_groups, in_ch, eps=1e-6)
+        self.norm1 = GroupNorm(norm_groups, in_ch, eps=1e-6)
         self.conv1 = conv_nd(spatial_dims, in_ch, out_ch)
         self.temb = nn.Linear(temb_dim, out_ch)
-        self.norm2 = nn.GroupNorm(norm_groups, out_ch, eps=1e-6)
+        self.norm2 = GroupNorm(norm_groups, out_ch, eps=1e-6)
         self.drop = nn.Dropout(dropout)
         self.conv2 = zero_module(conv_nd(spatial_dims, out_ch, out_ch))
         self.skip = nn.Identity() if in_ch == out_ch else conv_nd(spatial_dims, in_ch, out_ch, kernel_size=1)

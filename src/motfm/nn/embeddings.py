@@ -21,13 +21,14 @@ def sinusoidal_embedding(t: Tensor, dim: int, scale: float = 1000.0, max_period:
         max_period: the slowest period.
 
     Returns:
-        ``[B, dim]`` float32 embedding ``[cos(w_k s t), sin(w_k s t)]``.
+        ``[B, dim]`` embedding (float32, or float64 for float64 ``t``) ``[cos(w_k s t), sin(w_k s t)]``.
     """
     if dim % 2:
         raise ValueError(f"time embedding width must be even, got {dim}")
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = (scale * t.float())[:, None] * freqs[None]
+    dtype = torch.promote_types(t.dtype, torch.float32)  # float32 (float64 for float64 times)
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=dtype) / half)
+    args = (scale * t.to(dtype))[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 

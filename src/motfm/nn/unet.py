@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from motfm.nn.attention import SpatialTransformer, check_backend
-from motfm.nn.blocks import Downsample, ResBlock, Upsample, check_groups, conv_nd, zero_module
+from motfm.nn.blocks import Downsample, GroupNorm, ResBlock, Upsample, check_groups, conv_nd, zero_module
 from motfm.nn.embeddings import IntervalEmbedding, TimeEmbedding
 
 
@@ -232,7 +232,7 @@ class UNet(nn.Module):
                 ch = out_ch
             self.levels.append(stages)
             self.upsamplers.append(Upsample(cfg.spatial_dims, ch) if level > 0 else nn.Identity())
-        self.norm_out = nn.GroupNorm(cfg.norm_groups, ch, eps=1e-6)
+        self.norm_out = GroupNorm(cfg.norm_groups, ch, eps=1e-6)
         self.conv_out = zero_module(conv_nd(cfg.spatial_dims, ch, cfg.out_channels))
 
     def check_input(self, x: Tensor) -> None:

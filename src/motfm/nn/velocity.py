@@ -136,9 +136,10 @@ class VelocityNet(nn.Module):
             The velocity, same shape as ``x``.
         """
         b = x.shape[0]
-        t = self._batch_time(t, b, x.device, "t")
+        time_dtype = torch.promote_types(x.dtype, torch.float32)  # float32, or float64 for float64 inputs
+        t = self._batch_time(t, b, x, time_dtype, "t")
         if r is not None:
-            r = self._batch_time(r, b, x.device, "r")
+            r = self._batch_time(r, b, x, time_dtype, "r")
         self.unet.check_input(x)
         x = x.contiguous(memory_format=self.memory_format)
         context = self.context(cond, b, x.device)
@@ -154,9 +155,9 @@ class VelocityNet(nn.Module):
         return self.unet(x, t, context, down, mid, r=r)
 
     @staticmethod
-    def _batch_time(t: Tensor | float, b: int, device: torch.device, name: str) -> Tensor:
-        t = torch.as_tensor(t, device=device, dtype=torch.float32)
-        t = t.expand(b) if t.ndim == 0 else t.float()
+    def _batch_time(t: Tensor | float, b: int, x: Tensor, dtype: torch.dtype, name: str) -> Tensor:
+        t = torch.as_tensor(t, device=x.device, dtype=dtype)
+        t = t.expand(b) if t.ndim == 0 else t
         if t.shape != (b,):
             raise ValueError(f"{name} must be a scalar or have shape [B]=[{b}], got {tuple(t.shape)}")
         return t

@@ -39,7 +39,7 @@ def integrate_flow(
         return integrate(
             velocity, noise.x0, sampler, 1, options.rtol, options.atol, evals_per_call=evals_per_call
         )
-    grid = time_grid(steps, options.time_grid, options.shift, options.rho, noise.x0.device)
+    grid = time_grid(steps, options.time_grid, options.shift, options.rho)  # on the host
     return integrate(velocity, noise.x0, sampler, steps, evals_per_call=evals_per_call, grid=grid)
 
 
