@@ -59,3 +59,30 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 def weights_under(state_dict: dict[str, Any], prefix: str) -> dict[str, Any]:
     """The entries of ``state_dict`` whose keys start with ``prefix``, with the prefix removed."""
     return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def load_weights(
+    module: torch.nn.Module,
+    path: str | os.PathLike[str],
+    use_ema: bool = True,
+    ckpt: dict[str, Any] | None = None,
+) -> None:
+    """Load a checkpoint's (averaged) network weights into ``module``, which must have the same architecture.
+
+    Args:
+        module: the network.
+        path: the checkpoint file (read unless ``ckpt`` is given; named in errors).
+        use_ema: the averaged weights (else the raw training weights).
+        ckpt: the checkpoint already read by :func:`read_checkpoint`.
+
+    Raises:
+        CheckpointError: naming the file when it is not a motfm checkpoint or its weights do not fit.
+    """
+    prefix = "ema.module." if use_ema else "net."
+    state = weights_under((ckpt or read_checkpoint(path))["state_dict"], prefix)
+    if not state:
+        raise CheckpointError(f"{path}: no weights under '{prefix}' in the checkpoint")
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not fit the configured model: {err}") from err

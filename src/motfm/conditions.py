@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from motfm.data.base import DataError, DataSpec
+from motfm.data.pairs import source_data_config
 
 
 @dataclass
@@ -158,7 +159,7 @@ def dataset_conditions(
     cfg: DictConfig, model: Any, want_label: bool, want_mask: bool
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, np.ndarray | None]:
     """Labels and masks of the first ``num_samples`` items of the ``cond_split`` split, and its affine."""
-    data_cfg = OmegaConf.create(model.config["data"])
+    data_cfg = source_data_config(model.config["data"])
     if cfg.get("data_overrides"):
         data_cfg = OmegaConf.merge(data_cfg, cfg.data_overrides)
     try:

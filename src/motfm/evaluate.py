@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 from motfm.checkpoint import read_checkpoint
 from motfm.conditions import Conditions
 from motfm.data.base import DataSpec
+from motfm.data.pairs import source_data_config
 from motfm.loading import LoadedModel, load_model
 from motfm.metrics.features import ExtractorUnavailable, FeatureExtractor
 from motfm.metrics.inception_score import inception_score
@@ -167,7 +168,7 @@ def resolve_source(cfg: DictConfig, device: torch.device) -> Source:
 
 def data_config(cfg: DictConfig, source: Source) -> DictConfig:
     """The training data config of the checkpoint with ``data_overrides`` applied."""
-    data_cfg = OmegaConf.create(source.config["data"])
+    data_cfg = source_data_config(source.config["data"])
     if cfg.get("data_overrides"):
         data_cfg = OmegaConf.merge(data_cfg, cfg.data_overrides)
     return data_cfg

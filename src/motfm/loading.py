@@ -11,7 +11,7 @@ import hydra
 import torch
 from omegaconf import OmegaConf
 
-from motfm.checkpoint import CheckpointError, read_checkpoint, weights_under
+from motfm.checkpoint import CheckpointError, load_weights, read_checkpoint
 from motfm.data.base import DataSpec
 from motfm.nn.velocity import VelocityNet
 from motfm.objectives.base import Objective
@@ -90,14 +90,7 @@ def load_model(
     objective = build_objective(config, path)
     factory = hydra.utils.instantiate(OmegaConf.create(model_cfg), _partial_=True)
     net: VelocityNet = factory(spec=spec, **objective.net_kwargs())
-    prefix = "ema.module." if use_ema else "net."
-    state = weights_under(ckpt["state_dict"], prefix)
-    if not state:
-        raise CheckpointError(f"{path}: no weights under '{prefix}' in the checkpoint")
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit the configured model: {err}") from err
+    load_weights(net, path, use_ema, ckpt)
     net.eval().to(device)
     return LoadedModel(
         net=net,

@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from motfm.checkpoint import load_weights
 from motfm.data.base import DataSpec
 from motfm.flow.solvers import SampleResult, seed_for
 from motfm.lit.ema import EMA
@@ -122,6 +123,8 @@ class GenerativeModule(L.LightningModule):
         """Build the objective, the network and the module described by a composed training config."""
         objective: Objective = instantiate(cfg.method)
         net = instantiate(cfg.model, _partial_=True)(spec=spec, **objective.net_kwargs())
+        if cfg.get("init_ckpt"):
+            load_weights(net, cfg.init_ckpt)
         return cls(
             net=net,
             spec=spec,
