@@ -1,0 +1,5 @@
+"""``python -m motfm.study``."""
+
+from motfm.study.run import main
+
+main()

@@ -1,0 +1,183 @@
+"""A study's results: ``results.json``, ``results.md``, metric-vs-NFE plots and the side-by-side figure."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+
+from motfm.conditions import Conditions  # noqa: E402
+from motfm.data.pairs import source_data_config  # noqa: E402
+from motfm.flow.solvers import FIXED_STEP_SOLVERS  # noqa: E402
+from motfm.io.atomic import atomic_open, atomic_path, write_json  # noqa: E402
+from motfm.io.images import mid_slices  # noqa: E402
+from motfm.loading import load_model  # noqa: E402
+from motfm.metrics.report import markdown_table  # noqa: E402
+from motfm.sample import generate_batch  # noqa: E402
+from motfm.study.spec import Study  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+LOWER_IS_BETTER = {"fid", "kid", "mmd_rbf", "cmmd", "ms_ssim"}
+ERRORS = {"fid": "fid_std", "kid": "kid_std"}
+
+
+def machine() -> dict[str, Any]:
+    """Where and when the study ran."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "commit": commit,
+    }
+
+
+def steps_for_nfe(objective: Any, sampler: str, nfe: int) -> int | None:
+    """Solver steps that cost ``nfe`` evaluations (``None`` when no whole number of steps does)."""
+    per_step = FIXED_STEP_SOLVERS.get(sampler, 1) if objective.name in ("fm", "reflow") else 1
+    return nfe // per_step if nfe % per_step == 0 else None
+
+
+def write_results(
+    study: Study, records: dict[str, dict[str, Any]], rows: list[dict[str, Any]], seconds: float
+) -> None:
+    """Write every result file of the study into ``study.results_dir``."""
+    out = study.results_dir
+    out.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    result = {
+        "study": study.name,
+        "study_file": str(study.path),
+        "machine": info,
+        "train": records,
+        "seconds_this_invocation": seconds,
+        "rows": rows,
+    }
+    write_json(out / "results.json", result)
+    metrics = [m for m in study.metrics if any(r.get(m) is not None for r in rows)]
+    generated = [r for r in rows if r["model"] != "real"]
+    generated.sort(key=lambda r: (r["model"], str(r.get("solver")), r.get("nfe") or 0))
+    columns = ["model", "solver", "steps", "nfe", *metrics]
+    columns += [c for c in ("fid_std", "kid_std", "images_per_s") if any(c in r for r in rows)]
+    lines = [
+        f"# {study.name}",
+        "",
+        f"Measured {info['date'][:10]} on {info['gpu'] or info['cpu']} ({info['threads']} threads), "
+        f"torch {info['torch']}, commit {info['commit']}.",
+        "",
+        "## Training",
+        "",
+        markdown_table(
+            [
+                {"model": m, "seconds": r.get("seconds"), "overrides": " ".join(r.get("overrides", []))}
+                for m, r in records.items()
+            ],
+            ["model", "seconds", "overrides"],
+        ),
+        "",
+        "## Samples",
+        "",
+        markdown_table([*generated, *[r for r in rows if r["model"] == "real"]], columns),
+    ]
+    with atomic_open(out / "results.md") as f:
+        f.write("\n".join(lines) + "\n")
+    for metric in metrics:
+        plot_metric(generated, metric, out / f"{metric}_vs_nfe.png", study.name)
+    if study.figure:
+        side_by_side(study, out / "side_by_side.png")
+    log.info("results in %s", out)
+
+
+def plot_metric(rows: list[dict[str, Any]], metric: str, path: Path, title: str) -> None:
+    """One line per (model, sampler): ``metric`` against NFE on a log axis, with error bars where known."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    series: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get(metric) is not None and r.get("nfe"):
+            series.setdefault((r["model"], str(r["solver"])), []).append(r)
+    for (model, sampler), points in sorted(series.items()):
+        points.sort(key=lambda r: r["nfe"])
+        x = [p["nfe"] for p in points]
+        y = [p[metric] for p in points]
+        err = [p.get(ERRORS.get(metric, ""), 0.0) or 0.0 for p in points]
+        ax.errorbar(x, y, yerr=err if any(err) else None, marker="o", capsize=3, label=f"{model} / {sampler}")
+    ax.set_xscale("log")
+    ax.set_xlabel("network evaluations (NFE)")
+    ax.set_ylabel(metric + (" (lower is better)" if metric in LOWER_IS_BETTER else " (higher is better)"))
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def side_by_side(study: Study, path: Path) -> None:
+    """The same seeds and conditions through each figure model at each NFE (rows: model@NFE)."""
+    fig_cfg = study.figure
+    nfes, n = list(fig_cfg.get("nfe", [1, 5, 10])), int(fig_cfg.get("num_samples", 6))
+    models = dict(fig_cfg["models"])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rows: list[tuple[str, torch.Tensor]] = []
+    masks = None
+    for model_name, sampler in models.items():
+        model = load_model(study.out_dir / model_name / "train" / "checkpoints" / "last.ckpt", device=device)
+        data_cfg = source_data_config(model.config["data"])
+        ds = instantiate(data_cfg).dataset("test")
+        items = [ds[i] for i in range(n)]
+        labels = torch.stack([s["label"] for s in items]) if model.net.num_classes else None
+        masks = torch.stack([s["mask"] for s in items]) if model.net.num_mask_labels else masks
+        conditions = Conditions(labels, masks if model.net.num_mask_labels else None, "data:test")
+        for nfe in nfes:
+            steps = steps_for_nfe(model.objective, sampler, nfe)
+            if steps is None:
+                continue
+            images, used, _ = generate_batch(model, list(range(n)), 0, sampler, steps, conditions)
+            rows.append((f"{model_name}\n{sampler}, NFE {used}", images))
+    if masks is not None:
+        rows.insert(0, ("condition\n(mask)", masks.float() / masks.max().clamp(min=1) * 2 - 1))
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n + 1.2, 1.35 * len(rows)), squeeze=False)
+    for i, (label, images) in enumerate(rows):
+        if images.ndim == 5:
+            images = mid_slices(images)
+        for j in range(n):
+            ax = axes[i, j]
+            ax.imshow(np.asarray(images[j, 0].cpu()), cmap="gray", vmin=-1, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(label, fontsize=7)
+    fig.suptitle(f"{study.name}: same seeds and conditions", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)

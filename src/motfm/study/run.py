@@ -1,0 +1,174 @@
+"""Run a study end to end: ``python -m motfm.study STUDY.yaml [--out-dir DIR] [--dry-run] [--only STAGE]``.
+
+1. trains every model with ``python -m motfm.train`` (one process each; a finished model is skipped, an
+   interrupted one resumes from its last checkpoint), recording its wall-clock time;
+2. evaluates every (model, sampler) with ``python -m motfm.evaluate`` on the same reference set, extractor and
+   seeds (a finished evaluation is skipped);
+3. writes ``results.json``, ``results.md``, a plot per metric against NFE and the side-by-side figure into the
+   study's ``results_dir``.
+
+``--dry-run`` composes every training config and builds its model and objective on the data without training:
+a check that a study (e.g. a GPU-sized one) still fits the code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from motfm.io.atomic import write_json
+from motfm.study.spec import Study, load_study
+
+log = logging.getLogger("motfm.study")
+
+STAGES = ("train", "evaluate", "report")
+
+
+def _run(module: str, overrides: list[str], log_file: Path) -> float:
+    """Run ``python -m <module> <overrides>`` (output into ``log_file``); returns its wall-clock seconds."""
+    cmd = [sys.executable, "-m", module, *overrides]
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), "HF_HUB_OFFLINE": "1"}
+    t0 = time.perf_counter()
+    with open(log_file, "w") as out:
+        out.write(" ".join(cmd) + "\n")
+        out.flush()
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, check=False)
+    seconds = time.perf_counter() - t0
+    if proc.returncode:
+        tail = log_file.read_text().splitlines()[-5:]
+        raise RuntimeError(f"{module} failed (exit {proc.returncode}); see {log_file}:\n" + "\n".join(tail))
+    return seconds
+
+
+def train_dir(study: Study, model: str) -> Path:
+    """The training run folder of a model."""
+    return study.out_dir / model / "train"
+
+
+def train_models(study: Study) -> dict[str, dict[str, Any]]:
+    """Train every model that has not finished; returns ``{model: done record}``."""
+    records = {}
+    for model, overrides in study.models.items():
+        folder = train_dir(study, model)
+        done = folder / "done.json"
+        if done.is_file():
+            records[model] = json.loads(done.read_text())
+            continue
+        last = folder / "checkpoints" / "last.ckpt"
+        resume = ["resume=auto"] if last.is_file() else []
+        log.info("training %s", model)
+        args = [*study.train_common, *overrides, *resume, f"hydra.run.dir={folder}", "logger=csv"]
+        seconds = _run("motfm.train", args, folder / "study_train.log")
+        records[model] = {"model": model, "overrides": [*study.train_common, *overrides], "seconds": seconds}
+        if resume:
+            records[model]["resumed"] = True
+        write_json(done, records[model])
+    return records
+
+
+def evaluate_models(study: Study) -> list[dict[str, Any]]:
+    """Evaluate every (model, sampler) that has not been; returns the rows of all ``metrics.json`` files."""
+    rows = []
+    for model, samplers in study.runs.items():
+        ckpt = train_dir(study, model) / "checkpoints" / "last.ckpt"
+        for sampler, steps in samplers.items():
+            folder = study.out_dir / model / f"eval_{sampler}"
+            metrics = folder / "metrics.json"
+            if not metrics.is_file():
+                log.info("evaluating %s with %s at steps %s", model, sampler, steps)
+                steps_list = "[" + ",".join(str(s) for s in steps) + "]"
+                args = [
+                    f"ckpt_path={ckpt}",
+                    f"samplers=[{sampler}]",
+                    f"steps={steps_list}",
+                    *study.eval_common,
+                    f"hydra.run.dir={folder}",
+                ]
+                _run("motfm.evaluate", args, folder / "study_evaluate.log")
+            result = json.loads(metrics.read_text())
+            for row in result["results"]:
+                rows.append({"model": model, **row})
+            rows_ref = result.get("reference")
+            if rows_ref is not None and not any(r.get("model") == "real" for r in rows):
+                rows.append({"model": "real", **rows_ref})
+    return rows
+
+
+def dry_run(study: Study, extra: list[str] | None = None) -> list[str]:
+    """Compose each model's training config and build its module on the data; returns the model names."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    from motfm.lit.module import GenerativeModule
+    from motfm.validate import validate_train_config
+
+    conf_dir = str(Path(__file__).resolve().parents[3] / "conf")
+    built = []
+    for model, overrides in study.models.items():
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
+            cfg = compose(
+                "train",
+                [
+                    *study.train_common,
+                    *overrides,
+                    *(extra or []),
+                    f"paths.output_dir={study.out_dir / model}",
+                ],
+            )
+        validate_train_config(cfg)
+        spec = instantiate(cfg.data, seed=cfg.seed).spec
+        module = GenerativeModule.from_config(cfg, spec)
+        params = sum(p.numel() for p in module.net.parameters()) / 1e6
+        log.info("%s: %s, %.1f M parameters, data %s", model, module.objective.name, params, spec)
+        built.append(model)
+    return built
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(prog="python -m motfm.study", description=__doc__.splitlines()[0])
+    parser.add_argument("study", help="the study YAML file")
+    parser.add_argument("--out-dir", help="replace the study's out_dir (training runs and raw metrics)")
+    parser.add_argument("--results-dir", help="replace the study's results_dir")
+    parser.add_argument("--only", choices=STAGES, action="append", help="run only these stages")
+    parser.add_argument("--dry-run", action="store_true", help="compose and build every model, train nothing")
+    parser.add_argument("--override", action="append", default=[], help="extra training override (dry run)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    study = load_study(args.study, args.out_dir)
+    if args.results_dir:
+        study.results_dir = Path(args.results_dir)
+    if args.dry_run:
+        dry_run(study, args.override)
+        return
+    stages = args.only or list(STAGES)
+    from motfm.study.report import write_results  # matplotlib only when reporting
+
+    t0 = time.perf_counter()
+    records = train_models(study) if "train" in stages else {}
+    rows = evaluate_models(study) if "evaluate" in stages or "report" in stages else []
+    if "report" in stages:
+        write_results(study, records or _records(study), rows, time.perf_counter() - t0)
+
+
+def _records(study: Study) -> dict[str, dict[str, Any]]:
+    out = {}
+    for model in study.models:
+        done = train_dir(study, model) / "done.json"
+        if done.is_file():
+            out[model] = json.loads(done.read_text())
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""The description of a study: which models to train, how to evaluate them, what to plot.
+
+A study file (YAML) holds::
+
+    name: speed_quality_2d
+    out_dir: outputs/studies/speed_quality_2d        # training runs and raw metrics (not committed)
+    results_dir: experiments/speed_quality/results_2d # tables, plots, figure (committed)
+    train:
+      common: [model=unet2d_small, trainer.max_steps=400, ...]   # overrides of python -m motfm.train
+      models: {fm_ot: [method=fm, coupling=minibatch_ot], ddpm: [method=ddpm]}
+    evaluate:
+      common: [num_samples=256, extractor=inception_bundled, ...] # overrides of python -m motfm.evaluate
+      runs: {fm_ot: {euler: [1, 2, 5, 10]}, ddpm: {dpmpp_2m: [1, 2, 5, 10]}}  # model -> sampler -> steps
+    figure: {models: {fm_ot: euler, ddpm: dpmpp_2m}, nfe: [1, 5, 10], num_samples: 6}
+    metrics: [fid, kid, ms_ssim, dice, label_acc]
+
+Every model is trained with the same ``train.common`` overrides and differs only by its own; every evaluation
+uses the same ``evaluate.common`` (extractor, reference set, seeds), so methods are compared on equal terms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+
+class StudyError(ValueError):
+    """A study file that cannot be run; the message names the file and the key."""
+
+
+@dataclass
+class Study:
+    """A parsed study file (see the module docstring)."""
+
+    path: Path
+    name: str
+    out_dir: Path
+    results_dir: Path
+    train_common: list[str]
+    models: dict[str, list[str]]
+    eval_common: list[str]
+    runs: dict[str, dict[str, list[int]]]
+    figure: dict[str, Any] = field(default_factory=dict)
+    metrics: list[str] = field(default_factory=lambda: ["fid", "kid"])
+    notes: str = ""
+
+
+def _strings(value: Any, where: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise StudyError(f"{where} must be a list of override strings")
+    return list(value)
+
+
+def load_study(path: str | Path, out_dir: str | Path | None = None) -> Study:
+    """Read and check a study file; ``out_dir`` replaces the file's (e.g. for a quick test run).
+
+    Raises:
+        StudyError: naming the file and the first problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise StudyError(f"{path}: study file not found")
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as err:  # OmegaConf raises several types for bad YAML
+        raise StudyError(f"{path}: not a readable YAML file ({err})") from None
+    try:
+        train, evaluate = raw["train"], raw["evaluate"]
+        models = {str(k): _strings(v, f"{path}: train.models.{k}") for k, v in train["models"].items()}
+        runs = {
+            str(m): {str(s): [int(n) for n in steps] for s, steps in samplers.items()}
+            for m, samplers in evaluate["runs"].items()
+        }
+        study = Study(
+            path=path,
+            name=str(raw["name"]),
+            out_dir=Path(out_dir or raw["out_dir"]),
+            results_dir=Path(raw["results_dir"]),
+            train_common=_strings(train.get("common"), f"{path}: train.common"),
+            models=models,
+            eval_common=_strings(evaluate.get("common"), f"{path}: evaluate.common"),
+            runs=runs,
+            figure=dict(raw.get("figure") or {}),
+            metrics=list(raw.get("metrics") or ["fid", "kid"]),
+            notes=str(raw.get("notes") or ""),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise StudyError(f"{path}: malformed study ({type(err).__name__}: {err})") from None
+    unknown = (set(study.runs) | set(study.figure.get("models", {}))) - set(study.models)
+    if unknown:
+        raise StudyError(f"{path}: evaluations or figure name models that are not trained: {sorted(unknown)}")
+    return study

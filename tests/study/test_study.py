@@ -1,0 +1,109 @@
+"""Studies: the file format, the dry run, the report, and a tiny study end to end (slow)."""
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import TINY_2D
+from motfm.objectives.diffusion import Diffusion
+from motfm.objectives.flow_matching import FlowMatching
+from motfm.study.report import plot_metric, steps_for_nfe
+from motfm.study.run import dry_run, main
+from motfm.study.spec import StudyError, load_study
+
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+
+
+def write_study(tmp_path, models, runs, figure=None):
+    common = ", ".join(f'"{o}"' for o in [*TINY_2D, "model.conditioning=[class,mask]", "trainer.max_steps=4"])
+    text = textwrap.dedent(
+        f"""
+        name: tiny
+        out_dir: {tmp_path / "runs"}
+        results_dir: {tmp_path / "results"}
+        train:
+          common: [{common}]
+          models: {json.dumps(models)}
+        evaluate:
+          common: ["extractor=random_conv", "num_samples=4", "batch_size=4", "kid_subsets=4",
+                   "ms_ssim_pairs=4", "phantom_classifier.num_train=32", "phantom_classifier.num_val=8",
+                   "phantom_classifier.epochs=1", "cmmd=false", "paths.cache_dir={tmp_path / "cache"}"]
+          runs: {json.dumps(runs)}
+        figure: {json.dumps(figure or {})}
+        metrics: [fid, kid, dice, label_acc]
+        """
+    )
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_study_file_errors_name_the_file_and_the_problem(tmp_path):
+    with pytest.raises(StudyError, match="study file not found"):
+        load_study(tmp_path / "missing.yaml")
+    path = write_study(tmp_path, {"fm": ["method=fm"]}, {"ddpm": {"ddim": [1]}})
+    with pytest.raises(
+        StudyError, match=r"study.yaml: evaluations or figure name models that are not trained"
+    ):
+        load_study(path)
+    (tmp_path / "bad.yaml").write_text("name: x\n")
+    with pytest.raises(StudyError, match="bad.yaml: malformed study"):
+        load_study(tmp_path / "bad.yaml")
+
+
+def test_dry_run_builds_every_model(tmp_path):
+    path = write_study(
+        tmp_path, {"fm": ["method=fm"], "ddpm": ["method=ddpm"], "mf": ["method=meanflow"]}, {}
+    )
+    assert dry_run(load_study(path)) == ["fm", "ddpm", "mf"]
+
+
+def test_steps_for_nfe_counts_evaluations_per_step():
+    assert steps_for_nfe(FlowMatching(), "midpoint", 10) == 5
+    assert steps_for_nfe(FlowMatching(), "midpoint", 5) is None
+    assert steps_for_nfe(FlowMatching(), "euler", 5) == 5
+    assert steps_for_nfe(Diffusion(), "dpmpp_2m", 5) == 5
+
+
+def test_metric_plot_is_written(tmp_path):
+    rows = [
+        {"model": "a", "solver": "euler", "nfe": n, "fid": 100 / n, "fid_std": 1.0} for n in (1, 2, 5)
+    ] + [{"model": "b", "solver": "ddim", "nfe": n, "fid": 200 / n} for n in (1, 10)]
+    plot_metric(rows, "fid", tmp_path / "fid.png", "t")
+    assert (tmp_path / "fid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXPERIMENTS.glob("*/study*.yaml")) or ["none"])
+def test_committed_studies_parse(name):
+    if name == "none":
+        pytest.skip("no committed studies")
+    for path in EXPERIMENTS.glob(f"*/{name}"):
+        load_study(path)
+
+
+@pytest.mark.slow
+def test_tiny_study_end_to_end(tmp_path):
+    path = write_study(
+        tmp_path,
+        {"fm": ["method=fm"], "ddpm": ["method=ddpm"]},
+        {"fm": {"euler": [1, 2]}, "ddpm": {"dpmpp_2m": [1, 2]}},
+        {"models": {"fm": "euler", "ddpm": "dpmpp_2m"}, "nfe": [1, 2], "num_samples": 2},
+    )
+    main([str(path)])
+    results = json.loads((tmp_path / "results" / "results.json").read_text())
+    generated = [(r["model"], r["solver"], r["nfe"]) for r in results["rows"] if r["model"] != "real"]
+    assert generated == [
+        ("fm", "euler", 1),
+        ("fm", "euler", 2),
+        ("ddpm", "dpmpp_2m", 1),
+        ("ddpm", "dpmpp_2m", 2),
+    ]
+    assert set(results["train"]) == {"fm", "ddpm"} and results["train"]["fm"]["seconds"] > 0
+    for f in ("results.md", "fid_vs_nfe.png", "kid_vs_nfe.png", "side_by_side.png"):
+        assert (tmp_path / "results" / f).is_file(), f
+    # a second invocation trains and evaluates nothing again
+    before = (tmp_path / "runs" / "fm" / "eval_euler" / "metrics.json").stat().st_mtime
+    main([str(path)])
+    assert (tmp_path / "runs" / "fm" / "eval_euler" / "metrics.json").stat().st_mtime == before
