@@ -28,10 +28,17 @@ class EMA(nn.Module):
         self.decay = decay
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        self._updates: int | None = None  # host copy of num_updates: no device read per step
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super()._load_from_state_dict(*args, **kwargs)
+        self._updates = None  # re-read the loaded count once
 
     def current_decay(self) -> float:
         """The decay the next update uses."""
-        n = int(self.num_updates)
+        if self._updates is None:
+            self._updates = int(self.num_updates)  # once per run (or after loading a checkpoint)
+        n = self._updates
         return min(self.decay, (1 + n) / (10 + n))
 
     @torch.no_grad()
@@ -44,6 +51,7 @@ class EMA(nn.Module):
         for b_ema, b in zip(self.module.buffers(), model.buffers()):
             b_ema.copy_(b)
         self.num_updates += 1
+        self._updates += 1
 
     def forward(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
         """Call the averaged network."""
