@@ -36,7 +36,7 @@ def test_optuna_config_stores_the_study_in_the_sweep_folder(tmp_path):
 def test_sqlite_storage_opens_and_reopens_a_study(tmp_path):
     url = sqlite_storage(tmp_path / "a" / "b" / "study.db")
     study = optuna.create_study(study_name="s", storage=url, load_if_exists=True)
-    study.add_trial(optuna.trial.create_trial(value=1.0))
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
     again = optuna.create_study(
         study_name="s", storage=sqlite_storage(tmp_path / "a" / "b" / "study.db"), load_if_exists=True
     )
