@@ -1,4 +1,4 @@
-"""Fill the preprocessing cache of a dataset ahead of training (all three splits, with a progress bar).
+"""Fill the preprocessing cache of a dataset ahead of training (all splits; a progress bar on a terminal).
 
 Takes the same overrides as ``python -m motfm.train``::
 
@@ -16,7 +16,6 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from motfm.data.cache import CachedDataset
 from motfm.data.splits import SPLITS
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -35,15 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     factory = instantiate(cfg.data.dataset)
-    CachedDataset.progress = True
-    try:
-        for split in SPLITS:
-            ds = factory(split=split)
-            state = "reused" if getattr(ds, "cache_hit", False) else "built"
-            where = getattr(ds, "cache_path", None) or "memory"
-            print(f"{split}: {len(ds)} samples, {ds.spec.image_size}, cache {state} at {where}")
-    finally:
-        CachedDataset.progress = False
+    for split in SPLITS:
+        ds = factory(split=split)
+        state = "reused" if getattr(ds, "cache_hit", False) else "built"
+        where = getattr(ds, "cache_path", None) or "memory"
+        print(f"{split}: {len(ds)} samples, {ds.spec.image_size}, cache {state} at {where}")
     return 0
 
 

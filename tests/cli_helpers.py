@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -39,8 +42,21 @@ TINY_3D = [
 ]
 
 
-def compose_config(name: str, overrides: list[str], out_dir: Path) -> DictConfig:
-    """Compose ``conf/<name>.yaml`` as the CLI would, with the run folder at ``out_dir``."""
+def compose_config(name: str, overrides: list[str], out_dir: Path, with_hydra: bool = False) -> DictConfig:
+    """Compose ``conf/<name>.yaml`` as the CLI would, with the run folder at ``out_dir`` (and the ``hydra``
+    node, for tests of launchers and sweepers, when ``with_hydra``)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(name, overrides=[*overrides, f"paths.output_dir={out_dir}"])
+        overrides = [*overrides, f"paths.output_dir={out_dir}"]
+        return compose(name, overrides=overrides, return_hydra_config=with_hydra)
+
+
+def run_cli(module: str, args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m <module> <args>`` in a subprocess that imports this checkout and the tests' helpers."""
+    tests = str(Path(__file__).resolve().parent)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    path = os.pathsep.join(p for p in (src, tests, os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], env=env, capture_output=True, text=True, timeout=timeout
+    )

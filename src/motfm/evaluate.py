@@ -47,7 +47,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from motfm.checkpoint import read_checkpoint
 from motfm.conditions import Conditions
@@ -70,6 +69,7 @@ from motfm.metrics.report import (
     write_report,
 )
 from motfm.metrics.ssim import intra_set_ms_ssim, paired_ssim
+from motfm.progress import progress
 from motfm.runtime import pick_device, resolve_precision
 from motfm.sample import generate_batch, sampler_options
 
@@ -180,7 +180,7 @@ def load_reference(data_cfg: DictConfig, split: str, num_ref: int | None) -> Ref
     n = len(ds) if num_ref is None else min(int(num_ref), len(ds))
     if n < 2:
         raise ValueError(f"the {split!r} reference split needs at least 2 items, it has {len(ds)}")
-    items = [ds[i] for i in tqdm(range(n), desc=f"real {split}", unit="item", leave=False)]
+    items = [ds[i] for i in progress(range(n), desc=f"real {split}", unit="item", leave=False)]
     labels = torch.stack([s["label"] for s in items]) if "label" in items[0] else None
     masks = torch.stack([s["mask"] for s in items]) if "mask" in items[0] else None
     affine = items[0].get("meta", {}).get("affine")
@@ -215,7 +215,7 @@ def read_samples(source: Source) -> GeneratedSet:
         return torch.from_numpy(np.asarray(nib.load(path).get_fdata(dtype=np.float32)))[None]
 
     indices = [int(_SAMPLE_NAME.search(p.name).group(1)) for p in volumes]
-    images = torch.stack([read(p) for p in tqdm(volumes, desc="read volumes", leave=False)])
+    images = torch.stack([read(p) for p in progress(volumes, desc="read volumes", leave=False)])
     mask_files = [
         p.with_name(p.name.replace(f"sample_{i:05d}", f"sample_{i:05d}_mask"))
         for p, i in zip(volumes, indices)
@@ -248,7 +248,7 @@ def generate_sets(cfg: DictConfig, source: Source, reference: Reference) -> Iter
         for steps in list(cfg.steps) if objective.needs_steps(solver) else [None]:
             batches, seconds, nfe = [], 0.0, 0
             starts = range(0, cfg.num_samples, cfg.batch_size)
-            for start in tqdm(starts, desc=f"sample {solver} steps={steps}", unit="batch", leave=False):
+            for start in progress(starts, desc=f"sample {solver} steps={steps}", unit="batch", leave=False):
                 indices = list(range(start, min(start + cfg.batch_size, cfg.num_samples)))
                 images, nfe, batch_seconds = generate_batch(
                     model,

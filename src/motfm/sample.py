@@ -38,6 +38,7 @@ from motfm.io.nifti import save_nifti
 from motfm.loading import LoadedModel, load_model
 from motfm.nn.captured import CapturedNet, sampling_net
 from motfm.objectives.base import SampleNoise, SamplerOptions
+from motfm.progress import progress
 from motfm.runtime import autocast, pick_device, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     write_json(key_file, run_key)
 
     seconds, generated = 0.0, 0
-    for start in range(0, cfg.num_samples, cfg.batch_size):
+    for start in progress(range(0, cfg.num_samples, cfg.batch_size), desc="sample", unit="batch"):
         indices = list(range(start, min(start + cfg.batch_size, cfg.num_samples)))
         shard = parts / f"part_{start:06d}.pt"
         if shard.exists():

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from motfm.lit.module import GenerativeModule
+from motfm.sweeps import trial_value
 from motfm.validate import resolve_resume, validate_train_config
 
 log = logging.getLogger(__name__)
@@ -71,10 +72,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns the optimised metric for sweepers."""
-    result = train(cfg)
-    metric = cfg.get("optimized_metric")
-    return result["metrics"].get(metric) if metric else None
+    """Hydra entry point; returns ``optimized_metric`` for sweepers (see :func:`motfm.sweeps.trial_value`)."""
+    return trial_value(train(cfg)["metrics"], cfg.get("optimized_metric"))
 
 
 if __name__ == "__main__":

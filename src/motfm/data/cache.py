@@ -33,12 +33,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from motfm.data.base import DataError, DataSpec, MotfmDataset
 from motfm.data.splits import SPLITS
 from motfm.data.transforms import Augment
 from motfm.io.atomic import write_json
+from motfm.progress import progress
 
 CACHE_FORMAT_VERSION = 1
 DEFAULT_CACHE_DIR = ".cache/motfm"
@@ -259,8 +259,6 @@ class CachedDataset(MotfmDataset):
     """
 
     dataset_name: ClassVar[str] = "dataset"
-    # Show a tqdm progress bar over the cases while building a cache entry (set by scripts/prepare_data.py).
-    progress: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -350,7 +348,7 @@ class CachedDataset(MotfmDataset):
         """Yield the records of every case; collect (or raise on) bad cases."""
         produced = 0
         desc = f"{self.dataset_name} [{self.split}]"
-        for case in tqdm(cases, desc=desc, unit="case", disable=not self.progress):
+        for case in progress(cases, desc=desc, unit="case"):
             try:
                 records = self.load_case(case)
             except DataError as e:

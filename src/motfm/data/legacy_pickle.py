@@ -42,6 +42,7 @@ from motfm.data.cache import (
 )
 from motfm.data.splits import SPLITS
 from motfm.data.transforms import as_size, resize_image, resize_mask
+from motfm.progress import progress
 
 SPLIT_KEYS = {"train": ("train",), "val": ("valid", "val"), "test": ("test",)}
 MAX_INT_CLASSES = 10_000  # integer classes without class_names beyond this are taken as corrupt
@@ -362,7 +363,7 @@ def convert_pickle(
                 label=int(store.labels[i]) if store.labels is not None else None,
                 meta=store.index["meta"][i],
             )
-            for i in range(len(ds))
+            for i in progress(range(len(ds)), desc=f"export {split}", unit="sample")
         )
         index = {k: v for k, v in store.index.items() if k != "meta"}
         counts[split] = write_entry(out_dir / split, records, lambda index=index: index)

@@ -1,4 +1,4 @@
-"""Lightning callbacks: pictures of samples during training."""
+"""Lightning callbacks: pictures of samples during training (PNG files, W&B, TensorBoard)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from motfm.io.images import sample_picture, save_png, with_masks
@@ -32,7 +32,8 @@ class SampleGrid(L.Callback):
 
     For 3D models the picture shows the three orthogonal mid slices of each volume; for
     mask-conditioned models each mask is drawn above its sample. The picture goes to
-    ``<dirpath>/epoch_E-step_S.png`` and to the W&B logger when one is active.
+    ``<dirpath>/epoch_E-step_S.png`` and, under the tag ``samples``, to the W&B and TensorBoard loggers
+    that are active.
 
     Args:
         dirpath: folder of the pictures.
@@ -84,3 +85,6 @@ class SampleGrid(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(key="samples", images=[str(path)], step=trainer.global_step)
+            elif isinstance(logger, TensorBoardLogger):
+                layout = "HW" if picture.ndim == 2 else "HWC"
+                logger.experiment.add_image("samples", picture, trainer.global_step, dataformats=layout)

@@ -213,8 +213,15 @@ class GenerativeModule(L.LightningModule):
                 "Lower optimizer.lr, keep gradient clipping on, or check the data for NaN values."
             )
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Update the weight average after the optimiser step."""
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimiser step, then the weight average's update.
+
+        Here rather than in ``on_train_batch_end``, which Lightning calls after the callbacks' hook of that
+        name: a checkpoint saved there (``every_n_train_steps``) would hold an average one update behind
+        its step, and a run resumed from it would drift from the uninterrupted one. Under gradient
+        accumulation the average also moves once per optimiser step, not once per batch.
+        """
+        super().optimizer_step(*args, **kwargs)
         self.ema.update(self.net)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

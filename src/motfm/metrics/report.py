@@ -26,13 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from motfm.io.atomic import atomic_open, atomic_path, write_json
 from motfm.metrics.features import FeatureExtractor, Slices2p5D, get_extractor
 from motfm.metrics.fidelity import dice_per_label, segment_brain_phantom, segment_echo_phantom
 from motfm.metrics.frechet import feature_statistics, frechet_distance, load_statistics, save_statistics
 from motfm.metrics.kernels import kid, mmd_rbf
+from motfm.progress import progress
 
 PHANTOM_SEGMENTERS: dict[str, Callable[[Tensor], Tensor]] = {
     "motfm.data.phantom.EchoPhantom": segment_echo_phantom,
@@ -107,7 +107,7 @@ def extract_features(
     """
     starts = range(0, images.shape[0], batch_size)
     if desc is not None:
-        starts = tqdm(starts, desc=desc, unit="batch", leave=False)
+        starts = progress(starts, desc=desc, unit="batch", leave=False)
     return torch.cat([extractor.extract(images[i : i + batch_size], batch_size, kind) for i in starts])
 
 
