@@ -53,7 +53,7 @@ from motfm.checkpoint import LoadedModel, load_model, read_checkpoint
 from motfm.conditions import Conditions
 from motfm.data.base import DataSpec
 from motfm.flow.solvers import FIXED_STEP_SOLVERS, SOLVERS
-from motfm.metrics.features import ExtractorUnavailable, FeatureExtractor
+from motfm.metrics.extractors import ExtractorUnavailable, FeatureExtractor
 from motfm.metrics.inception_score import inception_score
 from motfm.metrics.kernels import cmmd
 from motfm.metrics.phantom_classifier import PhantomClassifier, load_or_train

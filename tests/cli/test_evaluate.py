@@ -8,7 +8,7 @@ import pytest
 import motfm.metrics.report as report_mod
 from cli_helpers import CONF_DIR, TINY_2D, TINY_3D, compose_config
 from motfm.evaluate import evaluate, main
-from motfm.metrics.features import ExtractorUnavailable
+from motfm.metrics.extractors import ExtractorUnavailable
 from motfm.sample import sample
 from motfm.train import train
 
@@ -157,7 +157,7 @@ def test_evaluate_3d_on_the_fly_and_nifti(ckpt_3d, cache_dir, tmp_path):
 @pytest.mark.slow  # the InceptionV3 at 299 x 299 and a 2048-d FID: ~10 s on a quiet 2-core CPU
 def test_evaluate_inception_bundled(ckpt_2d, cache_dir, tmp_path):
     try:
-        from motfm.metrics.features import get_extractor
+        from motfm.metrics.extractors import get_extractor
 
         get_extractor("inception_bundled")
     except ExtractorUnavailable as err:

@@ -29,7 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from motfm.io.atomic import atomic_open, atomic_path, write_json
-from motfm.metrics.features import FeatureExtractor, Slices2p5D, get_extractor
+from motfm.metrics.extractors import FeatureExtractor, Slices2p5D, get_extractor
 from motfm.metrics.fidelity import dice_per_label, segment_brain_phantom, segment_echo_phantom
 from motfm.metrics.frechet import feature_statistics, frechet_distance, load_statistics, save_statistics
 from motfm.metrics.kernels import kid, mmd_rbf
@@ -58,7 +58,7 @@ def build_extractor(
     """A registered feature extractor for ``spatial_dims``-D images.
 
     Args:
-        name: registered name (:func:`motfm.metrics.features.available_extractors`).
+        name: registered name (:func:`motfm.metrics.extractors.available_extractors`).
         spatial_dims: 2 or 3, the dimensionality of the images to score.
         kwargs: constructor arguments of the extractor (e.g. ``weights_path``, ``model_path``).
         slices: ``num_slices`` / ``extent`` of the 2.5D wrapper used when a 2D extractor meets volumes.
