@@ -200,3 +200,13 @@ def test_cli_missing_extractor_exit_code(ckpt_2d, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(CONF_DIR), env=env)
     assert proc.returncode != 0 and "error:" in proc.stderr and "clip" in proc.stderr.lower()
     assert not (out / "metrics.json").exists()
+
+
+def test_missing_samples_exit_with_one_line(tmp_path):
+    missing = tmp_path / "no_samples"
+    cfg = compose_config("evaluate", [f"samples={missing}", f"out_dir={tmp_path / 'out'}"], tmp_path / "out")
+    with pytest.raises(SystemExit) as exit_info:
+        main.__wrapped__(cfg)
+    message = str(exit_info.value.code)
+    assert message.startswith("error:") and str(missing) in message and "\n" not in message
+    assert not (tmp_path / "out" / "metrics.json").exists()
