@@ -16,6 +16,9 @@ Metrics of each generated set (one table row per solver / steps):
   ``mmd_rbf`` for volumes (Gaussian-RBF MMD^2, Gretton et al. 2012, the "3D MMD"); ``cmmd`` (Jayasumana et al.
   2024) when the CLIP extractor is available, else a note; ``is`` (Salimans et al. 2016) when the extractor
   has a classifier head;
+- ``precision`` / ``recall`` (Kynkäänniemi et al. 2019, k-NN balls with ``manifold_k.precision_recall`` = 3)
+  and ``density`` / ``coverage`` (Naeem et al. 2020, ``manifold_k.density_coverage`` = 5) on the same features
+  and the same real set (see :mod:`motfm.metrics.manifold`); each row records its ``pr_k`` and ``dc_k``;
 - ``ms_ssim``: mean MS-SSIM of random pairs of generated images (diversity, Odena et al. 2017; the reference
   row gives the value of the real set); ``ssim_paired``: SSIM of mask-conditioned samples against the real
   image whose mask conditioned them;
@@ -90,6 +93,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "ref_features_from_cache": scorer.ref_from_cache,
         "seed": cfg.seed,
         "guidance_scale": cfg.guidance_scale,
+        "manifold_k": OmegaConf.to_container(cfg.manifold_k),
         "notes": scorer.notes,
         "reference": reference_row,
         "results": rows,
@@ -103,6 +107,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         f"`{data_cfg.dataset.get('_target_')}`), seed {cfg.seed}.",
         "",
         markdown_table([*rows, reference_row], columns),
+        f"k-NN balls: precision/recall k={cfg.manifold_k.precision_recall} (Kynkäänniemi et al. 2019), "
+        f"density/coverage k={cfg.manifold_k.density_coverage} (Naeem et al. 2020).",
+        "",
     ]
     lines += [f"- {note}" for note in scorer.notes]
     write_report(cfg.out_dir, result, "\n".join(lines) + "\n")

@@ -107,10 +107,23 @@ def test_evaluate_2d_on_the_fly_and_ref_cache(ckpt_2d, cache_dir, tmp_path, monk
     assert "| midpoint | 2 | 4 |" in md and "| real (test) |" in md
     assert (cache_dir / "ref_stats").is_dir() and list(cache_dir.glob("phantom_classifier/EchoPhantom-*.pt"))
 
-    # second run: the reference features come from the cache, the real images are not passed through again
-    again = run_eval(tmp_path / "second", cache_dir, f"ckpt_path={ckpt_2d}", "steps=[1]", "solvers=[euler]")
+    # 4 real images are too few for k = 3 / 5 balls: left out with a note
+    assert "precision" not in rows[0] and any("precision/recall (k=3)" in n for n in result["notes"])
+
+    # second run: the reference features come from the cache, the real images are not passed through again;
+    # smaller k fit the 4 real images
+    small_k = ("manifold_k.precision_recall=1", "manifold_k.density_coverage=2")
+    args = (f"ckpt_path={ckpt_2d}", "steps=[1]", "solvers=[euler]", *small_k)
+    again = run_eval(tmp_path / "second", cache_dir, *args)
     assert again["ref_features_from_cache"] and len(real_calls()) == 1
-    assert again["results"][0]["fid"] == pytest.approx(rows[0]["fid"], rel=1e-6)
+    (row,) = again["results"]
+    assert row["fid"] == pytest.approx(rows[0]["fid"], rel=1e-6)
+    assert all(0 <= row[key] <= 1 for key in ("precision", "recall", "coverage")) and row["density"] >= 0
+    assert (row["pr_k"], row["dc_k"]) == (1, 2) and again["manifold_k"] == {
+        "precision_recall": 1,
+        "density_coverage": 2,
+    }
+    assert "| precision | recall | density | coverage |" in (tmp_path / "second" / "metrics.md").read_text()
 
 
 def test_evaluate_samples_npz(ckpt_2d, cache_dir, tmp_path):

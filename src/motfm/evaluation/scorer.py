@@ -14,6 +14,7 @@ from motfm.evaluation.inputs import GeneratedSet, Reference, Source
 from motfm.metrics.extractors import ExtractorUnavailable, FeatureExtractor
 from motfm.metrics.inception_score import inception_score
 from motfm.metrics.kernels import cmmd
+from motfm.metrics.manifold import manifold_metrics
 from motfm.metrics.phantom_classifier import PhantomClassifier, load_or_train
 from motfm.metrics.report import (
     build_extractor,
@@ -130,6 +131,14 @@ class Scorer:
                 rbf_mmd=self.spatial_dims == 3,
             )
         )
+        k_pr, k_dc = cfg.manifold_k.precision_recall, cfg.manifold_k.density_coverage
+        if n_ref > max(k_pr, k_dc) and fake.shape[0] > k_pr:
+            row.update(manifold_metrics(self.real_features, features, k_pr, k_dc))
+        else:
+            self.note(
+                f"precision/recall (k={k_pr}) and density/coverage (k={k_dc}) omitted: they need more than "
+                f"k real and generated images ({n_ref} real, {fake.shape[0]} generated)"
+            )
         if self.clip is not None:
             row["cmmd"] = cmmd(
                 self.real_clip, extract_features(self.clip, fake, cfg.feature_batch_size, desc="clip")
@@ -178,6 +187,10 @@ def table_columns(rows: list[dict[str, Any]]) -> list[str]:
         "mmd_rbf",
         "cmmd",
         "is",
+        "precision",
+        "recall",
+        "density",
+        "coverage",
         "ms_ssim",
         "ssim_paired",
     ]
