@@ -90,17 +90,29 @@ def generate_set(
     return GeneratedSet(torch.cat(batches), indices_t, labels, masks, info)
 
 
+def solver_arguments(solver: str, steps: int, rtol: float, atol: float) -> tuple[int | None, dict[str, Any]]:
+    """``(steps, solver_kwargs)`` of one solver: fixed-step solvers take ``steps``, adaptive ones ``rtol`` /
+    ``atol`` (and no steps).
+
+    Raises:
+        InputError: an unknown solver or fewer than one step.
+    """
+    if solver not in SOLVERS:
+        raise InputError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
+    if solver not in FIXED_STEP_SOLVERS:
+        return None, {"rtol": rtol, "atol": atol}
+    if int(steps) < 1:
+        raise InputError(f"steps must be >= 1, got {steps}")
+    return int(steps), {}
+
+
 def solver_settings(cfg: DictConfig) -> Iterator[tuple[str, int | None, dict[str, Any]]]:
     """``(solver, steps, solver_kwargs)`` for every ``cfg.solvers`` x ``cfg.steps`` pair (adaptive solvers
     once, with ``cfg.rtol`` / ``cfg.atol``)."""
     for solver in cfg.solvers:
-        if solver not in SOLVERS:
-            raise InputError(f"unknown solver {solver!r}; expected some of {SOLVERS}")
-        if solver in FIXED_STEP_SOLVERS:
-            for steps in cfg.steps:
-                yield solver, int(steps), {}
-        else:
-            yield solver, None, {"rtol": cfg.rtol, "atol": cfg.atol}
+        step_list = cfg.steps if solver in FIXED_STEP_SOLVERS else [1]
+        for steps in step_list:
+            yield solver, *solver_arguments(solver, steps, cfg.rtol, cfg.atol)
 
 
 def generate_sets(cfg: DictConfig, model: LoadedModel, reference: Reference) -> Iterator[GeneratedSet]:
