@@ -7,6 +7,7 @@ from scipy import stats
 from motfm.metrics.memorisation import (
     RULE,
     authenticity,
+    betabinom_upper_tail,
     cell_statistic,
     copying_statistics,
     copying_verdict,
@@ -42,6 +43,13 @@ def test_copying_statistics_counts_and_null_law() -> None:
     assert s["copied"]["p_value"] == pytest.approx(stats.betabinom(5, 1, 4).sf(2))
     assert s["ratio"]["denominator"] == pytest.approx(3.5)  # median of the held-out distances
     assert s["ratio"]["min"] == 0.0 and s["ratio"]["max"] == pytest.approx(6 / 3.5)
+
+
+def test_copied_share_p_value_keeps_tiny_tails() -> None:
+    # P(K >= 54) for K ~ BetaBin(128, 1, 256) is about 1.6e-30; 1 - cdf would round it to 0
+    p = betabinom_upper_tail(54, 128, 256)
+    assert 1e-31 < p < 1e-29 and p == pytest.approx(stats.betabinom(128, 1, 256).pmf(range(54, 129)).sum())
+    assert betabinom_upper_tail(0, 128, 256) == 1.0
 
 
 def test_copied_share_p_value_is_calibrated_for_novel_samples() -> None:

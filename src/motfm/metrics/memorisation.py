@@ -6,7 +6,7 @@ what a genuinely new image from the data distribution looks like to the training
 Euclidean in some space: the features of an extractor, raw pixels, or the **structure** space of
 :func:`structure_vectors` (images area-averaged to small thumbnails: anatomy kept, texture such as ultrasound
 speckle or MR noise averaged away, so a sample that redraws a training patient's anatomy with new texture
-is still found, and a smooth sample is not mistaken for a copy because it lacks the texture of real images).
+is still found).
 
 * **Copied share**: the share of samples closer to a training item than *any* held-out item is,
   ``mean_j 1[d_s(j) < min_i d_h(i)]``. If samples were as novel as held-out data (exchangeable with it), the
@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import stats
+from scipy import special, stats
 from torch import Tensor
 
 from motfm.metrics.neighbours import knn
@@ -107,6 +107,15 @@ def mann_whitney_z(samples: Tensor, heldout: Tensor) -> dict[str, float]:
     return {"z": z, "u": float(result.statistic), "p_value": float(result.pvalue)}
 
 
+def betabinom_upper_tail(count: int, trials: int, heldout: int) -> float:
+    """``P(K >= count)`` for ``K ~ BetaBin(trials, 1, heldout)``, summed over the pmf in log space (scipy's
+    ``sf`` is ``1 - cdf`` and rounds tails below ~1e-16 to 0)."""
+    if count <= 0:
+        return 1.0
+    log_pmf = stats.betabinom.logpmf(np.arange(count, trials + 1), trials, 1, heldout)
+    return float(np.exp(special.logsumexp(log_pmf)))
+
+
 def copying_statistics(samples: Tensor, heldout: Tensor) -> dict[str, Any]:
     """Copied share, distance ratios and the global Mann-Whitney z of one distance space.
 
@@ -132,7 +141,7 @@ def copying_statistics(samples: Tensor, heldout: Tensor) -> dict[str, Any]:
             "count": count,
             "threshold": threshold,
             "expected_share_if_novel": 1.0 / (n + 1),
-            "p_value": float(stats.betabinom.sf(count - 1, m, 1, n)),
+            "p_value": betabinom_upper_tail(count, m, n),
         },
         "ratio": {"denominator": median, **_quantiles(ratios)},
         "mann_whitney": mann_whitney_z(s, h),
