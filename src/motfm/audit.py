@@ -16,9 +16,10 @@ or in the structure space, ``C_T < -3`` or the copied share has a beta-binomial 
 limits were fixed before any result was seen. The structure space joined the rule after the feature space
 alone missed a deliberately memorising model (its 8 training images redrawn with new speckle: to InceptionV3
 those samples were no closer to their originals than new real images are). Raw pixel distances are reported
-but stay out of the verdict: on speckled modalities such as ultrasound a smooth (under-trained) sample is
-nearer in L2 to every training image than any real image is, since two real images carry two independent
-speckle patterns.
+but stay out of the verdict: they add each image's own acquisition noise to its anatomy, so whether a smooth
+or a noisy sample looks nearer to the training set than real data depends on the data (a denoised sample
+saves one noise term, its softened edges cost more; on the echo phantom, 3x3-blurred real images read
+farther), and every extra space adds false alarms.
 
 Samples come from the checkpoint (generated on the fly through
 :func:`motfm.evaluation.generation.generate_set`, conditioned like ``motfm.evaluate`` on the held-out items)
