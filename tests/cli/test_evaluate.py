@@ -8,7 +8,7 @@ import pytest
 import motfm.metrics.report as report_mod
 from cli_helpers import CONF_DIR, TINY_2D, TINY_3D, compose_config
 from motfm.evaluate import evaluate, main
-from motfm.metrics.features import ExtractorUnavailable
+from motfm.metrics.extractors import ExtractorUnavailable
 from motfm.sample import sample
 from motfm.train import train
 
@@ -76,11 +76,11 @@ def count_real_extractions(monkeypatch):
 
 def test_evaluate_2d_on_the_fly_and_ref_cache(ckpt_2d, cache_dir, tmp_path, monkeypatch):
     real_calls = count_real_extractions(monkeypatch)
-    args = (f"ckpt_path={ckpt_2d}", "steps=[1,2]", "solvers=[euler,midpoint]")
+    args = (f"ckpt_path={ckpt_2d}", "steps=[1,2]", "samplers=[euler,midpoint]")
     result = run_eval(tmp_path / "first", cache_dir, *args)
     assert len(real_calls()) == 1 and not result["ref_features_from_cache"]
     rows = result["results"]
-    assert [(r["solver"], r["steps"], r["nfe"]) for r in rows] == [
+    assert [(r["sampler"], r["steps"], r["nfe"]) for r in rows] == [
         ("euler", 1, 1),
         ("euler", 2, 2),
         ("midpoint", 1, 2),
@@ -102,15 +102,28 @@ def test_evaluate_2d_on_the_fly_and_ref_cache(ckpt_2d, cache_dir, tmp_path, monk
     md = (tmp_path / "first" / "metrics.md").read_text()
     header = md.splitlines()[4]
     assert (
-        header.startswith("| solver | steps | nfe |") and "| fid | kid |" in header and "label_acc" in header
+        header.startswith("| sampler | steps | nfe |") and "| fid | kid |" in header and "label_acc" in header
     )
     assert "| midpoint | 2 | 4 |" in md and "| real (test) |" in md
     assert (cache_dir / "ref_stats").is_dir() and list(cache_dir.glob("phantom_classifier/EchoPhantom-*.pt"))
 
-    # second run: the reference features come from the cache, the real images are not passed through again
-    again = run_eval(tmp_path / "second", cache_dir, f"ckpt_path={ckpt_2d}", "steps=[1]", "solvers=[euler]")
+    # 4 real images are too few for k = 3 / 5 balls: left out with a note
+    assert "precision" not in rows[0] and any("precision/recall (k=3)" in n for n in result["notes"])
+
+    # second run: the reference features come from the cache, the real images are not passed through again;
+    # smaller k fit the 4 real images
+    small_k = ("manifold_k.precision_recall=1", "manifold_k.density_coverage=2")
+    args = (f"ckpt_path={ckpt_2d}", "steps=[1]", "samplers=[euler]", *small_k)
+    again = run_eval(tmp_path / "second", cache_dir, *args)
     assert again["ref_features_from_cache"] and len(real_calls()) == 1
-    assert again["results"][0]["fid"] == pytest.approx(rows[0]["fid"], rel=1e-6)
+    (row,) = again["results"]
+    assert row["fid"] == pytest.approx(rows[0]["fid"], rel=1e-6)
+    assert all(0 <= row[key] <= 1 for key in ("precision", "recall", "coverage")) and row["density"] >= 0
+    assert (row["pr_k"], row["dc_k"]) == (1, 2) and again["manifold_k"] == {
+        "precision_recall": 1,
+        "density_coverage": 2,
+    }
+    assert "| precision | recall | density | coverage |" in (tmp_path / "second" / "metrics.md").read_text()
 
 
 def test_evaluate_samples_npz(ckpt_2d, cache_dir, tmp_path):
@@ -123,7 +136,7 @@ def test_evaluate_samples_npz(ckpt_2d, cache_dir, tmp_path):
     sample(cfg)
     result = run_eval(tmp_path / "eval", cache_dir, f"samples={samples / 'samples.npz'}")
     (row,) = result["results"]
-    assert (row["solver"], row["steps"], row["nfe"], row["num_fake"]) == ("euler", 2, 2, 4)
+    assert (row["sampler"], row["steps"], row["nfe"], row["num_fake"]) == ("euler", 2, 2, 4)
     assert isinstance(row["ssim_paired"], float) and isinstance(row["label_acc"], float)
     assert result["ckpt_path"] == str(ckpt_2d)  # found through sampling.json
     # samples conditioned on another split cannot be paired with the reference images
@@ -136,7 +149,7 @@ def test_evaluate_samples_npz(ckpt_2d, cache_dir, tmp_path):
 
 def test_evaluate_3d_on_the_fly_and_nifti(ckpt_3d, cache_dir, tmp_path):
     result = run_eval(
-        tmp_path / "fly", cache_dir, f"ckpt_path={ckpt_3d}", "steps=[1]", "solvers=[euler]", "num_samples=3"
+        tmp_path / "fly", cache_dir, f"ckpt_path={ckpt_3d}", "steps=[1]", "samplers=[euler]", "num_samples=3"
     )
     (row,) = result["results"]
     assert row["extractor"].startswith("slices_2p5d[random_conv2d") and row["num_real"] == 2
@@ -157,7 +170,7 @@ def test_evaluate_3d_on_the_fly_and_nifti(ckpt_3d, cache_dir, tmp_path):
 @pytest.mark.slow  # the InceptionV3 at 299 x 299 and a 2048-d FID: ~10 s on a quiet 2-core CPU
 def test_evaluate_inception_bundled(ckpt_2d, cache_dir, tmp_path):
     try:
-        from motfm.metrics.features import get_extractor
+        from motfm.metrics.extractors import get_extractor
 
         get_extractor("inception_bundled")
     except ExtractorUnavailable as err:
@@ -168,7 +181,7 @@ def test_evaluate_inception_bundled(ckpt_2d, cache_dir, tmp_path):
         f"ckpt_path={ckpt_2d}",
         "extractor=inception_bundled",
         "steps=[1]",
-        "solvers=[euler]",
+        "samplers=[euler]",
     )
     (row,) = result["results"]
     assert row["extractor"] == "inception_bundled" and row["fid"] > 0
@@ -200,3 +213,13 @@ def test_cli_missing_extractor_exit_code(ckpt_2d, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(CONF_DIR), env=env)
     assert proc.returncode != 0 and "error:" in proc.stderr and "clip" in proc.stderr.lower()
     assert not (out / "metrics.json").exists()
+
+
+def test_missing_samples_exit_with_one_line(tmp_path):
+    missing = tmp_path / "no_samples"
+    cfg = compose_config("evaluate", [f"samples={missing}", f"out_dir={tmp_path / 'out'}"], tmp_path / "out")
+    with pytest.raises(SystemExit) as exit_info:
+        main.__wrapped__(cfg)
+    message = str(exit_info.value.code)
+    assert message.startswith("error:") and str(missing) in message and "\n" not in message
+    assert not (tmp_path / "out" / "metrics.json").exists()

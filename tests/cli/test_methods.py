@@ -96,4 +96,4 @@ def test_evaluate_cli_on_each_method_reports_nfe(method_ckpt, tmp_path):
     rows = evaluate(compose_config("evaluate", overrides, tmp_path))["results"]
     generated = [r for r in rows if r.get("nfe") is not None]
     expected = {"ddpm": ["dpmpp_2m", "ddim", "ddpm"], "meanflow": ["meanflow"]}[method]
-    assert [(r["solver"], r["nfe"]) for r in generated] == [(s, n) for s in expected for n in (1, 2)]
+    assert [(r["sampler"], r["nfe"]) for r in generated] == [(s, n) for s in expected for n in (1, 2)]

@@ -5,7 +5,7 @@ import torch.multiprocessing as mp
 
 from cli_helpers import TINY_2D, compose_config
 from motfm.lit.metrics_callback import FeatureDistances, MetricsCallback
-from motfm.metrics.features import ExtractorUnavailable
+from motfm.metrics.extractors import ExtractorUnavailable
 from motfm.metrics.frechet import fid_from_features
 from motfm.train import train
 

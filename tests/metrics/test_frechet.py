@@ -7,6 +7,7 @@ import torch
 
 from motfm.metrics.frechet import (
     feature_statistics,
+    fid_bootstrap,
     fid_from_features,
     frechet_distance,
     load_statistics,
@@ -88,3 +89,16 @@ def test_statistics_cache_round_trip_and_rejection(tmp_path) -> None:
         assert load_statistics(path, {**meta, "weights_hash": "other"}) is None
     with pytest.warns(UserWarning, match="split"):
         assert load_statistics(path, {**meta, "split": "train"}) is None
+
+
+def test_fid_bootstrap_draws_equal_the_full_computation_on_their_resamples():
+    g = np.random.default_rng(0)
+    real, fake = g.normal(size=(300, 12)), g.normal(0.3, 1.2, size=(40, 12))
+    stats = feature_statistics(real)
+    fids = fid_bootstrap(stats, fake, draws=3, seed=5)
+    rng = np.random.default_rng(5)
+    for value in fids:
+        resample = fake[rng.integers(0, 40, 40)]
+        assert value == pytest.approx(frechet_distance(*stats, *feature_statistics(resample)), rel=1e-9)
+    spread = fid_bootstrap(stats, fake, draws=200, seed=0).std()
+    assert 0 < spread < fid_from_features(real, fake)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from motfm.metrics.features import Slices2p5D, get_extractor
+from motfm.metrics.extractors import Slices2p5D, get_extractor
 from motfm.metrics.fidelity import segment_echo_phantom
 from motfm.metrics.report import (
     build_extractor,

@@ -69,8 +69,8 @@ def test_steps_for_nfe_counts_evaluations_per_step():
 
 def test_metric_plot_is_written(tmp_path):
     rows = [
-        {"model": "a", "solver": "euler", "nfe": n, "fid": 100 / n, "fid_std": 1.0} for n in (1, 2, 5)
-    ] + [{"model": "b", "solver": "ddim", "nfe": n, "fid": 200 / n} for n in (1, 10)]
+        {"model": "a", "sampler": "euler", "nfe": n, "fid": 100 / n, "fid_std": 1.0} for n in (1, 2, 5)
+    ] + [{"model": "b", "sampler": "ddim", "nfe": n, "fid": 200 / n} for n in (1, 10)]
     plot_metric(rows, "fid", tmp_path / "fid.png", "t")
     assert (tmp_path / "fid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -93,7 +93,7 @@ def test_tiny_study_end_to_end(tmp_path):
     )
     main([str(path)])
     results = json.loads((tmp_path / "results" / "results.json").read_text())
-    generated = [(r["model"], r["solver"], r["nfe"]) for r in results["rows"] if r["model"] != "real"]
+    generated = [(r["model"], r["sampler"], r["nfe"]) for r in results["rows"] if r["model"] != "real"]
     assert generated == [
         ("fm", "euler", 1),
         ("fm", "euler", 2),

@@ -22,7 +22,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric, Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from motfm.metrics.features import FeatureExtractor
+from motfm.metrics.extractors import FeatureExtractor
 from motfm.metrics.fidelity import dice_per_label
 from motfm.metrics.frechet import fid_from_features
 from motfm.metrics.kernels import kid

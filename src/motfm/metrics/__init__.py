@@ -3,7 +3,7 @@
 Plain PyTorch/NumPy; nothing here imports Lightning or Hydra.
 """
 
-from motfm.metrics.features import (
+from motfm.metrics.extractors import (
     ExtractorUnavailable,
     FeatureExtractor,
     available_extractors,

@@ -17,7 +17,7 @@ def inception_score(probs: Tensor | np.ndarray, splits: int = 10) -> tuple[float
 
     Args:
         probs: ``[N, K]`` class probabilities ``p(y|x)`` (rows non-negative, summing to 1), e.g. the
-            ``probs()`` of a classifier extractor in :mod:`motfm.metrics.features`.
+            ``probs()`` of a classifier extractor in :mod:`motfm.metrics.extractors`.
         splits: number of consecutive parts (``1 <= splits <= N``); parts differ in size by at most one.
 
     Returns:

@@ -181,7 +181,7 @@ def cmmd(x: Tensor | np.ndarray, y: Tensor | np.ndarray, sigma: float = 10.0, sc
     ``scale * (mean k(x_i, x_j) + mean k(y_i, y_j) - 2 mean k(x_i, y_j))`` with every mean over all pairs
     (diagonals included: the biased estimator of the official implementation) and
     ``k = exp(-||a - b||^2 / (2 sigma^2))``. The embeddings are expected L2-normalised, as the ``clip``
-    extractor in :mod:`motfm.metrics.features` returns them.
+    extractor in :mod:`motfm.metrics.extractors` returns them.
 
     Args:
         x: ``[N, F]`` embeddings (reference).

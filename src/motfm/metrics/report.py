@@ -5,7 +5,7 @@ and the markdown table, used by ``python -m motfm.evaluate`` and the training-ti
   through the 2.5D ``slices_2p5d`` wrapper, a 3D one (``medicalnet``, ``r3d18``) directly.
 * :func:`distribution_metrics`: FID (Heusel et al. 2017), KID (Bińkowski et al. 2018) and optionally the
   Gaussian-RBF MMD (Gretton et al. 2012) from two feature sets.
-* :func:`reference_features`: the features of the reference images, cached in
+* :func:`reference_features`: the features of the reference images (or of any data split), cached in
   ``<cache_dir>/ref_stats/<name>.npz`` (mean and covariance, :func:`motfm.metrics.frechet.save_statistics`)
   plus ``<name>.features.npz`` (the features themselves, which KID and MMD need), keyed by dataset config,
   split, number of images, extractor name and weights hash.
@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from motfm.io.atomic import atomic_open, atomic_path, write_json
-from motfm.metrics.features import FeatureExtractor, Slices2p5D, get_extractor
+from motfm.metrics.extractors import FeatureExtractor, Slices2p5D, get_extractor
 from motfm.metrics.fidelity import dice_per_label, segment_brain_phantom, segment_echo_phantom
 from motfm.metrics.frechet import feature_statistics, frechet_distance, load_statistics, save_statistics
 from motfm.metrics.kernels import kid, mmd_rbf
@@ -58,7 +58,7 @@ def build_extractor(
     """A registered feature extractor for ``spatial_dims``-D images.
 
     Args:
-        name: registered name (:func:`motfm.metrics.features.available_extractors`).
+        name: registered name (:func:`motfm.metrics.extractors.available_extractors`).
         spatial_dims: 2 or 3, the dimensionality of the images to score.
         kwargs: constructor arguments of the extractor (e.g. ``weights_path``, ``model_path``).
         slices: ``num_slices`` / ``extent`` of the 2.5D wrapper used when a 2D extractor meets volumes.
@@ -198,6 +198,18 @@ def reference_cache_stem(
     )
 
 
+def reference_cache_meta(
+    extractor: FeatureExtractor, dataset_cfg: Mapping[str, Any], split: str, num_images: int
+) -> dict[str, Any]:
+    """What cached reference features must match: the extractor, the dataset config, split and item count."""
+    return {
+        **extractor.describe(),
+        "dataset": config_hash(dataset_cfg),
+        "split": split,
+        "num_samples": num_images,
+    }
+
+
 def _meta_json(meta: Mapping[str, Any]) -> str:
     return json.dumps({"cache_version": _CACHE_VERSION, **dict(meta)}, sort_keys=True, default=str)
 
@@ -251,12 +263,7 @@ def reference_features(
     Returns:
         ``(features [N, F], (mu, sigma), from_cache)``.
     """
-    meta = {
-        **extractor.describe(),
-        "dataset": config_hash(dataset_cfg),
-        "split": split,
-        "num_samples": num_images,
-    }
+    meta = reference_cache_meta(extractor, dataset_cfg, split, num_images)
     stem = reference_cache_stem(cache_dir, dataset_cfg, split, extractor) if cache_dir is not None else None
     if stem is not None:
         cached = load_reference_features(stem, meta)

@@ -84,8 +84,8 @@ def write_results(
     write_json(out / "results.json", result)
     metrics = [m for m in study.metrics if any(r.get(m) is not None for r in rows)]
     generated = [r for r in rows if r["model"] != "real"]
-    generated.sort(key=lambda r: (r["model"], str(r.get("solver")), r.get("nfe") or 0))
-    columns = ["model", "solver", "steps", "nfe", *metrics]
+    generated.sort(key=lambda r: (r["model"], str(r.get("sampler")), r.get("nfe") or 0))
+    columns = ["model", "sampler", "steps", "nfe", *metrics]
     columns += [c for c in ("fid_std", "kid_std", "images_per_s") if any(c in r for r in rows)]
     lines = [
         f"# {study.name}",
@@ -122,7 +122,7 @@ def plot_metric(rows: list[dict[str, Any]], metric: str, path: Path, title: str)
     series: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
         if r.get(metric) is not None and r.get("nfe"):
-            series.setdefault((r["model"], str(r["solver"])), []).append(r)
+            series.setdefault((r["model"], str(r["sampler"])), []).append(r)
     for (model, sampler), points in sorted(series.items()):
         points.sort(key=lambda r: r["nfe"])
         x = [p["nfe"] for p in points]

@@ -1,12 +1,13 @@
 """Feature-extractor registry and the offline extractors."""
 
+import subprocess
 import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from motfm.metrics.features import (
+from motfm.metrics.extractors import (
     ExtractorUnavailable,
     FeatureExtractor,
     MedicalNetResNet,
@@ -36,6 +37,14 @@ def test_registry_lists_all_and_rejects_unknown() -> None:
     } <= names
     with pytest.raises(KeyError, match="available"):
         get_extractor("no_such_net")
+
+
+def test_registry_complete_whatever_module_is_imported() -> None:
+    # a fresh interpreter that imports only the base module still sees every extractor
+    code = "from motfm.metrics.extractors.base import available_extractors; print(available_extractors())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    for name in ("inception_bundled", "clip", "random_conv", "slices_2p5d", "medicalnet", "r3d18"):
+        assert repr(name) in out
 
 
 def test_random_conv_deterministic_across_instantiations() -> None:
