@@ -50,6 +50,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from motfm.checkpoint import read_checkpoint
+from motfm.cli import readable_errors
 from motfm.conditions import Conditions
 from motfm.data.base import DataSpec
 from motfm.loading import LoadedModel, load_model
@@ -493,14 +494,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="evaluate")
+@readable_errors
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point; a missing feature extractor exits non-zero with its message."""
+    """Hydra entry point; bad input (a missing feature extractor too) exits with status 2 and one line."""
     log.info("config:\n%s", OmegaConf.to_yaml(cfg))
-    try:
-        evaluate(cfg)
-    except ExtractorUnavailable as err:
-        log.error("%s", err)
-        raise SystemExit(f"error: {err}") from None
+    evaluate(cfg)
 
 
 if __name__ == "__main__":

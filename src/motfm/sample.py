@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from motfm.cli import readable_errors
 from motfm.conditions import Conditions, resolve_conditions
 from motfm.io.atomic import atomic_path, write_json
 from motfm.io.images import sample_picture, save_png, with_masks
@@ -211,6 +212,7 @@ def write_outputs(
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="sample")
+@readable_errors
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
     log.info("config:\n%s", OmegaConf.to_yaml(cfg))

@@ -350,7 +350,8 @@ class CachedDataset(MotfmDataset):
         """Yield the records of every case; collect (or raise on) bad cases."""
         produced = 0
         desc = f"{self.dataset_name} [{self.split}]"
-        for case in tqdm(cases, desc=desc, unit="case", disable=not self.progress):
+        # progress only on a terminal (disable=None): a log or a pipe gets no bar lines
+        for case in tqdm(cases, desc=desc, unit="case", disable=None if self.progress else True):
             try:
                 records = self.load_case(case)
             except DataError as e:
