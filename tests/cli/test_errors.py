@@ -84,6 +84,12 @@ def test_evaluate_truncated_checkpoint(truncated_ckpt: Path, tmp_path: Path) -> 
     assert_one_line(run(args, tmp_path), truncated_ckpt, "cannot be read as a torch checkpoint")
 
 
+def test_export_model_truncated_checkpoint(truncated_ckpt: Path, tmp_path: Path) -> None:
+    args = ["-m", "motfm.export_model", f"ckpt_path={truncated_ckpt}", f"out={tmp_path / 'shared'}"]
+    assert_one_line(run(args, tmp_path), truncated_ckpt, "cannot be read")
+    assert not (tmp_path / "shared").exists()
+
+
 def test_bench_broken_dataset_json(tmp_path: Path) -> None:
     root = tmp_path / "Task01_BrainTumour"
     write_msd(root, n_cases=3)
