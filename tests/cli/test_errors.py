@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from data.fixtures import write_camus, write_legacy_pickle, write_msd
-from motfm.cli import one_line, unwrap
+from motfm.cli import debug_requested, one_line, unwrap
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,8 +75,17 @@ def test_train_camus_label_value_7(tmp_path: Path) -> None:
 def test_sample_truncated_checkpoint_and_debug(truncated_ckpt: Path, tmp_path: Path) -> None:
     args = ["-m", "motfm.sample", f"ckpt_path={truncated_ckpt}", hydra_dir(tmp_path)]
     assert_one_line(run(args, tmp_path), truncated_ckpt, "cannot be read as a torch checkpoint")
-    for proc in (run([*args, "debug=true"], tmp_path), run(args, tmp_path, HYDRA_FULL_ERROR="1")):
-        assert proc.returncode == 1 and "Traceback" in proc.stderr and "CheckpointError" in proc.stderr
+    proc = run([*args, "debug=true"], tmp_path)  # Hydra's own report, with the traceback
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "CheckpointError" in proc.stderr
+
+
+def test_debug_switches(monkeypatch: pytest.MonkeyPatch) -> None:
+    from omegaconf import OmegaConf
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    assert not debug_requested(OmegaConf.create({"debug": False})) and debug_requested({"debug": True})
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    assert debug_requested(OmegaConf.create({"debug": False})) and debug_requested()
 
 
 def test_evaluate_truncated_checkpoint(truncated_ckpt: Path, tmp_path: Path) -> None:
