@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from motfm.data.base import DataError
+from motfm.cli import run_script
 from motfm.data.legacy_pickle import convert_pickle
 
 
@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, nargs="+", default=None, help="resize to H [W]")
     parser.add_argument("--num-mask-labels", type=int, default=4, help="mask labels including background")
     parser.add_argument("--class-names", nargs="+", default=None, help="class names in index order")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a bad-input error")
     args = parser.parse_args(argv)
     if not args.trust_pickle:
         parser.error("unpickling runs arbitrary code; pass --trust-pickle if you trust this file")
@@ -34,14 +35,13 @@ def main(argv: list[str] | None = None) -> int:
         "num_mask_labels": args.num_mask_labels,
         "class_names": args.class_names,
     }
-    try:
-        counts = convert_pickle(args.pickle, args.out_dir, **options)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    for split, n in counts.items():
-        print(f"{split}: {n} samples -> {args.out_dir}/{split}")
-    return 0
+
+    def convert() -> int:
+        for split, n in convert_pickle(args.pickle, args.out_dir, **options).items():
+            print(f"{split}: {n} samples -> {args.out_dir}/{split}")
+        return 0
+
+    return run_script(convert, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -43,9 +43,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from motfm.cli import readable_errors
 from motfm.data.base import MotfmDataset
 from motfm.evaluation.audit_report import audit_markdown, closest_pairs_picture
-from motfm.evaluation.errors import InputError, exit_on_user_error
+from motfm.evaluation.errors import InputError
 from motfm.evaluation.generation import generate_set, reference_conditions
 from motfm.evaluation.inputs import (
     GeneratedSet,
@@ -314,11 +315,11 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="audit")
+@readable_errors
 def main(cfg: DictConfig) -> None:
     """Hydra entry point; missing or bad inputs exit non-zero with one line."""
     log.info("config:\n%s", OmegaConf.to_yaml(cfg))
-    with exit_on_user_error(log):
-        audit(cfg)
+    audit(cfg)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.flop_counter import FlopCounterMode
 
+from motfm.cli import readable_errors
 from motfm.io.atomic import atomic_open, write_json
 from motfm.lit.module import GenerativeModule
 
@@ -163,6 +164,7 @@ def to_markdown(info: dict[str, Any], results: list[dict[str, Any]]) -> str:
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="bench")
+@readable_errors
 def main(cfg: DictConfig) -> None:
     """Run the benchmark and write the results file."""
     device = torch.device(

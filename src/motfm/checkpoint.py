@@ -82,6 +82,17 @@ def load_weights(
     state = weights_under((ckpt or read_checkpoint(path))["state_dict"], prefix)
     if not state:
         raise CheckpointError(f"{path}: no weights under '{prefix}' in the checkpoint")
+    load_state(module, state, path)
+
+
+def load_state(module: torch.nn.Module, state: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Load ``state`` into ``module`` strictly, naming ``path`` when they do not fit.
+
+    Raises:
+        CheckpointError: an empty state, or weights of another architecture.
+    """
+    if not state:
+        raise CheckpointError(f"{path}: no network weights found")
     try:
         module.load_state_dict(state)
     except RuntimeError as err:

@@ -30,12 +30,14 @@ class Conditions:
         masks: int64 label maps, or ``None``.
         source: where they came from (for records).
         affine: 4x4 voxel-to-world matrix for writing 3D samples (from the data when known).
+        spacing: pixel / voxel spacing in mm per spatial axis (from the data when known).
     """
 
     labels: torch.Tensor | None = None
     masks: torch.Tensor | None = None
     source: str = "none"
     affine: np.ndarray | None = None
+    spacing: tuple[float, ...] | None = None
 
     def for_indices(
         self, indices: list[int], device: torch.device | str
@@ -140,9 +142,9 @@ def resolve_conditions(cfg: DictConfig, model: Any) -> Conditions:
             raise ValueError("this model is not mask-conditional: remove mask_files=...")
         masks = torch.stack([read_mask_file(p, spec) for p in expand_paths(list(cfg.mask_files))])
         sources.append("mask_files")
-    affine = None
+    affine = spacing = None
     if (need_label and labels is None) or (need_mask and masks is None) or spec.spatial_dims == 3:
-        ds_labels, ds_masks, affine = dataset_conditions(
+        ds_labels, ds_masks, affine, spacing = dataset_conditions(
             cfg, model, need_label and labels is None, need_mask and masks is None
         )
         if ds_labels is not None:
@@ -152,13 +154,14 @@ def resolve_conditions(cfg: DictConfig, model: Any) -> Conditions:
         if ds_labels is not None or ds_masks is not None:
             sources.append(f"data:{cfg.cond_split}")
     model.net.check_conditions(labels, masks)
-    return Conditions(labels, masks, "+".join(sources) or "none", affine)
+    return Conditions(labels, masks, "+".join(sources) or "none", affine, spacing)
 
 
 def dataset_conditions(
     cfg: DictConfig, model: Any, want_label: bool, want_mask: bool
-) -> tuple[torch.Tensor | None, torch.Tensor | None, np.ndarray | None]:
-    """Labels and masks of the first ``num_samples`` items of the ``cond_split`` split, and its affine."""
+) -> tuple[torch.Tensor | None, torch.Tensor | None, np.ndarray | None, tuple[float, ...] | None]:
+    """Labels and masks of the first ``num_samples`` items of the ``cond_split`` split, and the affine and
+    spacing of its first item."""
     data_cfg = source_data_config(model.config["data"])
     if cfg.get("data_overrides"):
         data_cfg = OmegaConf.merge(data_cfg, cfg.data_overrides)
@@ -166,7 +169,7 @@ def dataset_conditions(
         ds = instantiate(data_cfg).dataset(cfg.cond_split)
     except (DataError, OSError) as err:
         if not (want_label or want_mask):
-            return None, None, None
+            return None, None, None, None
         raise ValueError(
             f"this model needs conditions and they come from the {cfg.cond_split!r} split of its training "
             f"data, which cannot be loaded ({err}); pass labels=[...] / mask_files=[...] or "
@@ -176,5 +179,11 @@ def dataset_conditions(
     items = [ds[i] for i in range(n)] if (want_label or want_mask) else [ds[0]]
     labels = torch.stack([s["label"] for s in items]) if want_label else None
     masks = torch.stack([s["mask"] for s in items]) if want_mask else None
-    affine = items[0].get("meta", {}).get("affine")
-    return labels, masks, None if affine is None else np.asarray(affine, np.float64)
+    meta = items[0].get("meta", {})
+    affine, spacing = meta.get("affine"), meta.get("spacing")
+    return (
+        labels,
+        masks,
+        None if affine is None else np.asarray(affine, np.float64),
+        None if spacing is None else tuple(float(s) for s in spacing),
+    )

@@ -42,7 +42,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from motfm.evaluation.errors import exit_on_user_error
+from motfm.cli import readable_errors
 from motfm.evaluation.generation import generate_sets
 from motfm.evaluation.inputs import data_config, load_reference, read_samples, resolve_source
 from motfm.evaluation.scorer import Scorer, table_columns
@@ -118,11 +118,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="evaluate")
+@readable_errors
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point; a missing extractor, checkpoint or sample file exits non-zero with one line."""
+    """Hydra entry point; bad input (a missing feature extractor too) exits with status 2 and one line."""
     log.info("config:\n%s", OmegaConf.to_yaml(cfg))
-    with exit_on_user_error(log):
-        evaluate(cfg)
+    evaluate(cfg)
 
 
 if __name__ == "__main__":

@@ -42,11 +42,34 @@ class LoadedModel:
     global_step: int
 
 
+def check_targets(config: Any, path: str | os.PathLike[str], key: str = "config") -> None:
+    """Every ``_target_`` in ``config`` must name an object of the motfm package.
+
+    A stored config is instantiated with Hydra, which calls whatever ``_target_`` names; limiting it to
+    motfm's own builders keeps a crafted checkpoint or ``config.json`` from running other code.
+
+    Raises:
+        CheckpointError: naming the file and the first foreign target.
+    """
+    if isinstance(config, dict):
+        target = config.get("_target_")
+        if target is not None and not (isinstance(target, str) and target.startswith("motfm.")):
+            raise CheckpointError(
+                f"{path}: {key}._target_={target!r} is not a motfm object; refusing to build it"
+            )
+        for k, v in config.items():
+            check_targets(v, path, f"{key}.{k}")
+    elif isinstance(config, list | tuple):
+        for i, v in enumerate(config):
+            check_targets(v, path, f"{key}[{i}]")
+
+
 def build_objective(config: dict[str, Any], path: str | os.PathLike[str] = "config") -> Objective:
     """The objective of a (resolved) training config; flow matching for configs older than ``method``."""
     method = config.get("method")
     if method is None:
         return FlowMatching()
+    check_targets(method, path, "method")
     try:
         objective = hydra.utils.instantiate(OmegaConf.create(method))
     except Exception as err:  # Hydra wraps the cause in InstantiationException
@@ -54,6 +77,44 @@ def build_objective(config: dict[str, Any], path: str | os.PathLike[str] = "conf
     if not isinstance(objective, Objective):
         raise CheckpointError(f"{path}: 'method' does not describe a motfm objective")
     return objective
+
+
+def build_model(
+    config: dict[str, Any],
+    spec: DataSpec,
+    path: str | os.PathLike[str],
+    model_overrides: dict[str, Any] | None = None,
+) -> tuple[VelocityNet, Objective]:
+    """Rebuild the (untrained) network and the objective of a stored training configuration.
+
+    Args:
+        config: the resolved training config, or any dict with ``model`` and optionally ``method``.
+        spec: the data description the model was sized from.
+        path: the file the config came from (named in errors).
+        model_overrides: model options to change; only :data:`RUNTIME_MODEL_OPTIONS`, which do not alter the
+            architecture, may differ from the stored config.
+
+    Returns:
+        ``(net, objective)``.
+
+    Raises:
+        CheckpointError: an override that changes the architecture, a target outside motfm, or a config that
+            does not build.
+    """
+    model_cfg = dict(config["model"])
+    for key, value in (model_overrides or {}).items():
+        if key not in RUNTIME_MODEL_OPTIONS and model_cfg.get(key) != value:
+            raise CheckpointError(
+                f"{path}: model.{key}={value!r} contradicts the checkpoint's {model_cfg.get(key)!r}; "
+                f"only {sorted(RUNTIME_MODEL_OPTIONS)} may change at sampling time"
+            )
+        model_cfg[key] = value
+    model_cfg.update(base_ckpt=None, freeze_base=False)  # every weight comes from the stored weights
+    check_targets(model_cfg, path, "model")
+    objective = build_objective(config, path)
+    factory = hydra.utils.instantiate(OmegaConf.create(model_cfg), _partial_=True)
+    net: VelocityNet = factory(spec=spec, **objective.net_kwargs())
+    return net, objective
 
 
 def load_model(
@@ -78,18 +139,7 @@ def load_model(
     meta = ckpt["motfm"]
     config = meta["config"]
     spec = DataSpec.from_dict(meta["data_spec"])
-    model_cfg = dict(config["model"])
-    for key, value in (model_overrides or {}).items():
-        if key not in RUNTIME_MODEL_OPTIONS and model_cfg.get(key) != value:
-            raise CheckpointError(
-                f"{path}: model.{key}={value!r} contradicts the checkpoint's {model_cfg.get(key)!r}; "
-                f"only {sorted(RUNTIME_MODEL_OPTIONS)} may change at sampling time"
-            )
-        model_cfg[key] = value
-    model_cfg.update(base_ckpt=None, freeze_base=False)  # every weight comes from this checkpoint
-    objective = build_objective(config, path)
-    factory = hydra.utils.instantiate(OmegaConf.create(model_cfg), _partial_=True)
-    net: VelocityNet = factory(spec=spec, **objective.net_kwargs())
+    net, objective = build_model(config, spec, path, model_overrides)
     load_weights(net, path, use_ema, ckpt)
     net.eval().to(device)
     return LoadedModel(

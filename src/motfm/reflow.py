@@ -26,6 +26,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from motfm.cli import readable_errors
 from motfm.conditions import resolve_conditions
 from motfm.io.atomic import atomic_path, write_json
 from motfm.loading import load_model
@@ -124,6 +125,7 @@ def generate_pairs(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="reflow")
+@readable_errors
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
     generate_pairs(cfg)

@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
+from motfm.cli import readable_errors
 from motfm.lit.module import GenerativeModule
 from motfm.sweeps import trial_value
 from motfm.validate import resolve_resume, validate_train_config
@@ -37,7 +38,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     validate_train_config(cfg)
     ckpt_path = resolve_resume(cfg)
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # Lightning would print to stderr
+    log.info("seed %d", cfg.seed)
     torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     datamodule = instantiate(cfg.data, seed=cfg.seed)
     spec = datamodule.spec
@@ -71,6 +73,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+@readable_errors
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``optimized_metric`` for sweepers (see :func:`motfm.sweeps.trial_value`)."""
     return trial_value(train(cfg)["metrics"], cfg.get("optimized_metric"))

@@ -188,14 +188,15 @@ def test_evaluate_inception_bundled(ckpt_2d, cache_dir, tmp_path):
     assert "is" not in row and any("IS omitted" in n for n in result["notes"])
 
 
-def test_missing_extractor_exits_with_message_and_writes_nothing(ckpt_2d, cache_dir, tmp_path):
+def test_missing_extractor_exits_with_message_and_writes_nothing(ckpt_2d, cache_dir, tmp_path, capsys):
     args = [f"ckpt_path={ckpt_2d}", "extractor=clip", f"+extractor_kwargs.model_path={tmp_path / 'no_clip'}"]
     with pytest.raises(ExtractorUnavailable, match="clip|CLIP"):
         run_eval(tmp_path / "a", cache_dir, *args)
     cfg = compose_config("evaluate", [*args, f"out_dir={tmp_path / 'b'}"], tmp_path / "b")
     with pytest.raises(SystemExit) as exit_info:
         main.__wrapped__(cfg)  # the body of the Hydra entry point
-    assert str(exit_info.value.code).startswith("error:") and "clip" in str(exit_info.value.code).lower()
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and err.startswith("error:") and "clip" in err.lower()
     for out in (tmp_path / "a", tmp_path / "b"):
         assert not (out / "metrics.json").exists() and not (out / "metrics.md").exists()
 
@@ -211,7 +212,7 @@ def test_cli_missing_extractor_exit_code(ckpt_2d, tmp_path):
     ]
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(CONF_DIR), env=env)
-    assert proc.returncode != 0 and "error:" in proc.stderr and "clip" in proc.stderr.lower()
+    assert proc.returncode == 2 and "error:" in proc.stderr and "clip" in proc.stderr.lower()
     assert not (out / "metrics.json").exists()
 
 

@@ -86,13 +86,13 @@ def test_convert_script_and_prepare_data_script(pkl: Path, tmp_path: Path, capsy
     assert "--trust-pickle" in capsys.readouterr().err and not out.exists()
     assert convert.main([str(pkl), str(out), "--trust-pickle", "--image-size", "24"]) == 0
     assert "val: 3 samples" in capsys.readouterr().out and (out / "val" / "images.npy").exists()
-    assert convert.main([str(pkl), str(out), "--trust-pickle"]) == 1
+    assert convert.main([str(pkl), str(out), "--trust-pickle"]) == 2  # bad input: one line, status 2
     assert "already exists" in capsys.readouterr().err
     prepare = _script("prepare_data")
     overrides = ["data=pickle", f"data.dataset.root={out}", f"data.dataset.cache_dir={tmp_path / 'cache'}"]
     assert prepare.main(overrides) == 0
     printed = capsys.readouterr().out
-    assert "train: 6 samples, (24, 24)" in printed and "test: 3 samples" in printed
+    assert "train: 6 samples checked, (24, 24)" in printed and "test: 3 samples" in printed
     raw = ["data=pickle", f"data.dataset.root={pkl}", "data.dataset.trust_pickle=true"]
     assert prepare.main([*raw, f"data.dataset.cache_dir={tmp_path / 'cache'}"]) == 0
     assert "cache built" in capsys.readouterr().out
