@@ -143,12 +143,13 @@ def test_cli_on_the_fly_end_to_end(ckpt, cache_dir, tmp_path):
     assert (out / "audit.md").is_file() and (out / "closest_pairs.png").is_file()
 
 
-def test_bad_inputs_end_with_one_line_and_write_nothing(ckpt, cache_dir, tmp_path):
+def test_bad_inputs_end_with_one_line_and_write_nothing(ckpt, cache_dir, tmp_path, capsys):
     missing = tmp_path / "nowhere"
     cfg = compose_config("audit", [f"samples={missing}", f"out_dir={tmp_path / 'a'}"], tmp_path / "a")
     with pytest.raises(SystemExit) as exit_info:
         main.__wrapped__(cfg)
-    message = str(exit_info.value.code)
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip()
     assert message.startswith("error:") and str(missing) in message and "\n" not in message
     wrong = write_samples(tmp_path / "wrong", ckpt, torch.zeros(4, 1, 16, 16))
     with pytest.raises(InputError, match=r"wrong.*\(1, 16, 16\).*\(1, 32, 32\)"):

@@ -45,7 +45,7 @@ def test_study_file_errors_name_the_file_and_the_problem(tmp_path):
         load_study(tmp_path / "missing.yaml")
     path = write_study(tmp_path, {"fm": ["method=fm"]}, {"ddpm": {"ddim": [1]}})
     with pytest.raises(
-        StudyError, match=r"study.yaml: evaluations or figure name models that are not trained"
+        StudyError, match=r"study.yaml: evaluations, figure or pairs name models that are not trained"
     ):
         load_study(path)
     (tmp_path / "bad.yaml").write_text("name: x\n")
@@ -107,3 +107,25 @@ def test_tiny_study_end_to_end(tmp_path):
     before = (tmp_path / "runs" / "fm" / "eval_euler" / "metrics.json").stat().st_mtime
     main([str(path)])
     assert (tmp_path / "runs" / "fm" / "eval_euler" / "metrics.json").stat().st_mtime == before
+
+
+def test_placeholders_must_name_models_trained_before(tmp_path):
+    path = write_study(tmp_path, {"student": ["init_ckpt={ckpt:teacher}"], "teacher": ["method=fm"]}, {})
+    with pytest.raises(StudyError, match="student needs teacher, which must be trained before it"):
+        load_study(path)
+    path = write_study(tmp_path, {"student": ["data.dataset.root={pairs:nowhere}"]}, {})
+    with pytest.raises(StudyError, match=r"uses \{pairs:nowhere\}, which is not in pairs"):
+        load_study(path)
+
+
+def test_placeholders_resolve_to_checkpoints_and_pairs(tmp_path):
+    from motfm.study.run import resolve_overrides
+
+    path = write_study(tmp_path, {"teacher": ["method=fm"], "student": ["init_ckpt={ckpt:teacher}"]}, {})
+    study = load_study(path)
+    (out,) = resolve_overrides(study, ["init_ckpt={ckpt:teacher}"], {})
+    assert out == f"init_ckpt={tmp_path / 'runs' / 'teacher' / 'train' / 'checkpoints' / 'last.ckpt'}"
+    known = {"p": {"num_pairs": 1}}
+    study.pairs = {"p": {"teacher": "teacher", "overrides": []}}
+    (out,) = resolve_overrides(study, ["data.dataset.root={pairs:p}"], known)
+    assert out == f"data.dataset.root={tmp_path / 'runs' / 'pairs' / 'p'}"

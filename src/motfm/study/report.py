@@ -67,7 +67,11 @@ def steps_for_nfe(objective: Any, sampler: str, nfe: int) -> int | None:
 
 
 def write_results(
-    study: Study, records: dict[str, dict[str, Any]], rows: list[dict[str, Any]], seconds: float
+    study: Study,
+    records: dict[str, dict[str, Any]],
+    rows: list[dict[str, Any]],
+    seconds: float,
+    pairs: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     """Write every result file of the study into ``study.results_dir``."""
     out = study.results_dir
@@ -78,6 +82,13 @@ def write_results(
         "study_file": str(study.path),
         "machine": info,
         "train": records,
+        "pairs": {
+            name: {
+                k: p.get(k)
+                for k in ("teacher_ckpt", "num_pairs", "sampler", "steps", "nfe", "generation_seconds")
+            }
+            for name, p in (pairs or {}).items()
+        },
         "seconds_this_invocation": seconds,
         "rows": rows,
     }
@@ -103,6 +114,19 @@ def write_results(
             ["model", "seconds", "overrides"],
         ),
         "",
+        *(
+            [
+                "Reflow pairs (their generation is part of the student's cost):",
+                "",
+                markdown_table(
+                    [{"pairs": n, **p} for n, p in result["pairs"].items()],
+                    ["pairs", "num_pairs", "sampler", "steps", "nfe", "generation_seconds"],
+                ),
+                "",
+            ]
+            if result["pairs"]
+            else []
+        ),
         "## Samples",
         "",
         markdown_table([*generated, *[r for r in rows if r["model"] == "real"]], columns),

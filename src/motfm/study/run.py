@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from motfm.io.atomic import write_json
-from motfm.study.spec import Study, load_study
+from motfm.study.spec import PLACEHOLDER, Study, load_study
 
 log = logging.getLogger("motfm.study")
 
@@ -53,10 +54,44 @@ def train_dir(study: Study, model: str) -> Path:
     return study.out_dir / model / "train"
 
 
-def train_models(study: Study) -> dict[str, dict[str, Any]]:
-    """Train every model that has not finished; returns ``{model: done record}``."""
+def checkpoint(study: Study, model: str) -> Path:
+    """The last checkpoint of a model."""
+    return train_dir(study, model) / "checkpoints" / "last.ckpt"
+
+
+def make_pairs(study: Study, name: str) -> dict[str, Any]:
+    """Generate (or find) the reflow pairs ``name`` from their teacher; returns ``pairs.json``."""
+    folder = study.out_dir / "pairs" / name
+    info_file = folder / "pairs.json"
+    if not info_file.is_file():
+        spec = study.pairs[name]
+        log.info("generating pairs %s from %s", name, spec["teacher"])
+        args = [f"ckpt_path={checkpoint(study, spec['teacher'])}", f"out_dir={folder}", *spec["overrides"]]
+        _run("motfm.reflow", [*args, f"hydra.run.dir={folder}"], folder / "study_pairs.log")
+    return json.loads(info_file.read_text())
+
+
+def resolve_overrides(study: Study, overrides: list[str], pairs: dict[str, dict[str, Any]]) -> list[str]:
+    """Replace ``{ckpt:MODEL}`` and ``{pairs:NAME}`` by paths (generating the pairs when first needed)."""
+
+    def path(match: re.Match[str]) -> str:
+        kind, name = match.groups()
+        if kind == "ckpt":
+            return str(checkpoint(study, name))
+        if name not in pairs:
+            pairs[name] = make_pairs(study, name)
+        return str(study.out_dir / "pairs" / name)
+
+    return [PLACEHOLDER.sub(path, o) for o in overrides]
+
+
+def train_models(study: Study, pairs: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """Train every model that has not finished; returns ``{model: done record}`` (pairs made on the way go
+    into ``pairs``)."""
     records = {}
+    pairs = {} if pairs is None else pairs
     for model, overrides in study.models.items():
+        overrides = resolve_overrides(study, overrides, pairs)
         folder = train_dir(study, model)
         done = folder / "done.json"
         if done.is_file():
@@ -78,7 +113,7 @@ def evaluate_models(study: Study) -> list[dict[str, Any]]:
     """Evaluate every (model, sampler) that has not been; returns the rows of all ``metrics.json`` files."""
     rows = []
     for model, samplers in study.runs.items():
-        ckpt = train_dir(study, model) / "checkpoints" / "last.ckpt"
+        ckpt = checkpoint(study, model)
         for sampler, steps in samplers.items():
             folder = study.out_dir / model / f"eval_{sampler}"
             metrics = folder / "metrics.json"
@@ -155,10 +190,15 @@ def main(argv: list[str] | None = None) -> None:
     from motfm.study.report import write_results  # matplotlib only when reporting
 
     t0 = time.perf_counter()
-    records = train_models(study) if "train" in stages else {}
+    pairs: dict[str, dict[str, Any]] = {}
+    records = train_models(study, pairs) if "train" in stages else {}
     rows = evaluate_models(study) if "evaluate" in stages or "report" in stages else []
     if "report" in stages:
-        write_results(study, records or _records(study), rows, time.perf_counter() - t0)
+        for name in study.pairs:
+            info = study.out_dir / "pairs" / name / "pairs.json"
+            if name not in pairs and info.is_file():
+                pairs[name] = json.loads(info.read_text())
+        write_results(study, records or _records(study), rows, time.perf_counter() - t0, pairs)
 
 
 def _records(study: Study) -> dict[str, dict[str, Any]]:

@@ -13,6 +13,13 @@ A study file (YAML) holds::
       runs: {fm_ot: {euler: [1, 2, 5, 10]}, ddpm: {dpmpp_2m: [1, 2, 5, 10]}}  # model -> sampler -> steps
     figure: {models: {fm_ot: euler, ddpm: dpmpp_2m}, nfe: [1, 5, 10], num_samples: 6}
     metrics: [fid, kid, ms_ssim, dice, label_acc]
+    pairs:                                            # optional: reflow pairs from a trained model
+      fm_pairs: {teacher: fm_ot, overrides: [num_pairs=2048, sampler=midpoint, steps=25]}
+
+A training override may name another model's checkpoint as ``{ckpt:MODEL}`` and a pairs folder as
+``{pairs:NAME}`` (e.g. ``init_ckpt={ckpt:fm_ot}``, ``data.dataset.root={pairs:fm_pairs}``); models are
+trained in file order and pairs are generated (``python -m motfm.reflow``) when first needed, so a reflow
+student's cost is its teacher's training, the pair generation and its own training, each recorded.
 
 Every model is trained with the same ``train.common`` overrides and differs only by its own; every evaluation
 uses the same ``evaluate.common`` (extractor, reference set, seeds), so methods are compared on equal terms.
@@ -20,11 +27,14 @@ uses the same ``evaluate.common`` (extractor, reference set, seeds), so methods 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
+
+PLACEHOLDER = re.compile(r"\{(ckpt|pairs):([A-Za-z0-9_.-]+)\}")
 
 
 class StudyError(ValueError):
@@ -45,6 +55,7 @@ class Study:
     runs: dict[str, dict[str, list[int]]]
     figure: dict[str, Any] = field(default_factory=dict)
     metrics: list[str] = field(default_factory=lambda: ["fid", "kid"])
+    pairs: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: str = ""
 
 
@@ -87,11 +98,31 @@ def load_study(path: str | Path, out_dir: str | Path | None = None) -> Study:
             runs=runs,
             figure=dict(raw.get("figure") or {}),
             metrics=list(raw.get("metrics") or ["fid", "kid"]),
+            pairs={
+                str(k): {
+                    "teacher": str(v["teacher"]),
+                    "overrides": _strings(v.get("overrides"), f"{path}: pairs.{k}"),
+                }
+                for k, v in (raw.get("pairs") or {}).items()
+            },
             notes=str(raw.get("notes") or ""),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise StudyError(f"{path}: malformed study ({type(err).__name__}: {err})") from None
-    unknown = (set(study.runs) | set(study.figure.get("models", {}))) - set(study.models)
+    teachers = {p["teacher"] for p in study.pairs.values()}
+    unknown = (set(study.runs) | set(study.figure.get("models", {})) | teachers) - set(study.models)
     if unknown:
-        raise StudyError(f"{path}: evaluations or figure name models that are not trained: {sorted(unknown)}")
+        raise StudyError(
+            f"{path}: evaluations, figure or pairs name models that are not trained: {sorted(unknown)}"
+        )
+    order = list(study.models)
+    for model, overrides in study.models.items():
+        for kind, name in PLACEHOLDER.findall(" ".join(overrides)):
+            needed = name if kind == "ckpt" else study.pairs.get(name, {}).get("teacher")
+            if needed is None:
+                raise StudyError(f"{path}: train.models.{model} uses {{pairs:{name}}}, which is not in pairs")
+            if needed not in order or order.index(needed) >= order.index(model):
+                raise StudyError(
+                    f"{path}: train.models.{model} needs {needed}, which must be trained before it"
+                )
     return study
