@@ -10,24 +10,24 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from contextvars import ContextVar
 
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-_ACTIVE: ContextVar[bool] = ContextVar("motfm_forward_ad_mode", default=False)
+# A plain module flag (torch.compile traces a global read; it cannot trace a ContextVar).
+_ACTIVE = [False]
 
 
 def forward_ad_active() -> bool:
     """Whether the network is evaluated under :func:`forward_ad_mode`."""
-    return _ACTIVE.get()
+    return _ACTIVE[0]
 
 
 @contextlib.contextmanager
 def forward_ad_mode() -> Iterator[None]:
     """Evaluate the network with kernels that support forward-mode automatic differentiation."""
-    token = _ACTIVE.set(True)
+    previous, _ACTIVE[0] = _ACTIVE[0], True
     try:
         with sdpa_kernel(SDPBackend.MATH):
             yield
     finally:
-        _ACTIVE.reset(token)
+        _ACTIVE[0] = previous
