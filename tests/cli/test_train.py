@@ -67,3 +67,11 @@ def test_unwritable_output_dir_fails_early(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(ValueError, match="paths.output_dir=.* cannot be written"):
         train(compose_config("train", TINY_2D, blocker / "run"))
+
+
+def test_a_run_stopped_between_checkpoints_still_saves_its_last_step(tmp_path):
+    # the studies rely on it: no validation, no periodic save before the stop, yet last.ckpt holds step 3
+    overrides = ["trainer.max_steps=3", "trainer.max_epochs=-1", "trainer.check_val_every_n_epoch=100"]
+    overrides.append("callbacks.periodic_checkpoint.every_n_train_steps=100")
+    result = train(compose_config("train", [*TINY_2D, *overrides], tmp_path))
+    assert read_checkpoint(result["last_ckpt"])["global_step"] == 3
