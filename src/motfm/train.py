@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from motfm.lit.module import GenerativeModule
+from motfm.runtime import trainer_precision
 from motfm.validate import resolve_resume, validate_train_config
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     if not loggers:  # logger=none: there is nothing to monitor the learning rate into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    precision = trainer_precision(cfg.trainer.precision, cfg.trainer.accelerator, spec.spatial_dims)
+    log.info("training precision %s: %s", precision.name, precision.reason)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision.name
+    )
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     try:
