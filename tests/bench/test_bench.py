@@ -142,3 +142,59 @@ def test_memory_of_a_fresh_process(tmp_path):
     job = bench_main.memory_job("reference", cfg, spec, 2, torch.device("cpu"))
     result = measure_in_fresh_process(job, timeout_s=300)
     assert result["peak_MiB"] > result["model_MiB"] > 0 and result["step_s"] > 0, result
+
+
+def test_markdown_ratios_auto_check_and_memory_table():
+    from motfm.bench.report import to_markdown
+
+    info = {
+        "date": "2026-01-01T00:00:00",
+        "device": "cpu: test",
+        "threads": 2,
+        "python": "3.11",
+        "torch": "2",
+        "lightning": "2",
+        "matmul_peak_flops": {"fp32": 1e11, "bf16": 2e11},
+        "precision_auto": {"2d": {"name": "bf16", "reason": "AMX"}, "3d": {"name": "fp32", "reason": "-"}},
+        "reference": True,
+    }
+
+    def result(precision, eval_s, ref_eval_s):
+        side = {"params": 1e6, "eval_flops": 1e9, "train_flops": 3e9, "train_step_s": 2.0, "notes": []}
+        return {
+            "case": "c",
+            "precision": precision,
+            "image_size": [8, 8],
+            "batch_size": 2,
+            "candidates": {
+                "motfm": {
+                    **side,
+                    "eval_s": eval_s,
+                    "sampling": [{"nfe": 1, "seconds": 1.0, "images_per_s": 2}],
+                },
+                "reference": {
+                    **side,
+                    "eval_s": ref_eval_s,
+                    "train_step_s": 4.0,
+                    "sampling": [{"nfe": 1, "seconds": 2.0, "images_per_s": 1}],
+                },
+            },
+        }
+
+    memory = [
+        {"model": "m", "size": 32, "side": "motfm", "checkpointing": False, "peak_MiB": 1000, "step_s": 1.0},
+        {"model": "m", "size": 32, "side": "motfm", "checkpointing": True, "peak_MiB": 500, "step_s": 1.25},
+        {
+            "model": "m",
+            "size": 32,
+            "side": "reference",
+            "checkpointing": False,
+            "peak_MiB": 1250,
+            "step_s": 1.1,
+        },
+    ]
+    md = to_markdown(info, [result("fp32", 0.5, 1.0), result("bf16", 0.4, 1.0)], memory)
+    assert "| 500 | 1000 | 0.50 | 2000 | 4000 | 0.50 | 2 (2%) |" in md  # eval and train ours/ref
+    assert "| c | fp32 | 1 | 2.00 | 1.00 | 0.50 |" in md  # sampling
+    assert "precision=auto on c, evaluation: bf16, 0% slower" in md
+    assert "| m | 32³ | 1000 | 500 | 1250 | 0.40 | 1.00 / 1.25 / 1.10 | 1.25 |" in md

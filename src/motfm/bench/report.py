@@ -109,6 +109,27 @@ def speed_tables(info: dict[str, Any], results: list[dict[str, Any]]) -> list[st
     return lines + samp + ([""] + sorted(set(notes)) if notes else [])
 
 
+def auto_check(info: dict[str, Any], results: list[dict[str, Any]]) -> list[str]:
+    """Where both fp32 and bf16 were measured: precision=auto's choice against the faster of the two."""
+    lines = []
+    by_case: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in results:
+        by_case.setdefault(r["case"], {})[r["precision"]] = r
+    for case, runs in by_case.items():
+        if not {"fp32", "bf16"} <= runs.keys():
+            continue
+        dims = f"{len(runs['fp32']['image_size'])}d"
+        chosen = info["precision_auto"][dims]["name"]
+        for key, what in (("eval_s", "evaluation"), ("train_step_s", "training step")):
+            times = {p: runs[p]["candidates"]["motfm"][key] for p in ("fp32", "bf16")}
+            slower = times[chosen] / min(times.values()) - 1
+            lines.append(
+                f"- precision=auto on {case}, {what}: {chosen}, {100 * slower:.0f}% slower than the faster "
+                f"of fp32 {times['fp32'] * 1e3:.0f} ms / bf16 {times['bf16'] * 1e3:.0f} ms"
+            )
+    return [""] + lines if lines else []
+
+
 def memory_section(rows: list[dict[str, Any]]) -> list[str]:
     """3D peak training memory by model, size and activation checkpointing (what fits)."""
     if not rows:
@@ -142,4 +163,5 @@ def memory_section(rows: list[dict[str, Any]]) -> list[str]:
 
 def to_markdown(info: dict[str, Any], results: list[dict[str, Any]], memory: list[dict[str, Any]]) -> str:
     """The readable summary of a benchmark run."""
-    return "\n".join(header(info) + speed_tables(info, results) + memory_section(memory)) + "\n"
+    sections = header(info) + speed_tables(info, results) + auto_check(info, results) + memory_section(memory)
+    return "\n".join(sections) + "\n"
