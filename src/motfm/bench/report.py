@@ -50,7 +50,7 @@ def header(info: dict[str, Any]) -> list[str]:
     elif info.get("reference_skipped"):
         lines.append(f"- reference skipped: {info['reference_skipped']}")
     if info.get("bf16_skipped"):
-        lines.append(f"- bf16 {info['bf16_skipped']}")
+        lines.append(f"- {info['bf16_skipped']}")
     return lines
 
 
