@@ -10,7 +10,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-all lint format bench clean
+.PHONY: install demo test test-all lint format bench bench-reference clean
 
 install: $(VENV)/.installed
 
@@ -49,8 +49,16 @@ format: install
 	$(BIN)/ruff check --fix src tests scripts
 	$(BIN)/ruff format src tests scripts
 
+# Extra arguments, e.g. BENCH_ARGS="out_dir=/tmp/bench" or "bench=gpu device=cuda".
+BENCH_ARGS ?=
+
 bench: install
-	$(BIN)/python -m motfm.bench
+	$(BIN)/python -m motfm.bench $(BENCH_ARGS)
+
+# Against the original MOTFM stack (MONAI Generative), installed under the torch constraint.
+bench-reference: install
+	$(BIN)/python -m pip install -q -c $(VENV)/torch-constraint.txt -e ".[bench]"
+	$(BIN)/python -m motfm.bench reference=true $(BENCH_ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -18,7 +18,12 @@ from motfm.objectives.base import Objective
 from motfm.objectives.flow_matching import FlowMatching
 
 # Model options that do not alter the architecture, so they may change at sampling time.
-RUNTIME_MODEL_OPTIONS = ("attention_backend", "conditioning_scale", "channels_last")
+RUNTIME_MODEL_OPTIONS = (
+    "attention_backend",
+    "conditioning_scale",
+    "channels_last",
+    "activation_checkpointing",
+)
 
 
 @dataclass

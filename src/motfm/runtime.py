@@ -131,6 +131,28 @@ def resolve_precision(requested: str, device: torch.device, spatial_dims: int = 
     )
 
 
+def trainer_precision(requested: str | int, accelerator: str, spatial_dims: int = 2) -> Precision:
+    """The Lightning ``Trainer(precision=...)`` value for ``trainer.precision`` (Lightning has no ``auto``).
+
+    Args:
+        requested: ``auto`` (resolved by :func:`resolve_precision` for the device the accelerator picks), or
+            any Lightning value, kept as it is (a bf16 one where bf16 is not native warns in one line).
+        accelerator: ``trainer.accelerator`` (``auto``, ``cpu``, ``gpu``, ``cuda``, ...).
+        spatial_dims: 2 or 3 (the probe's kind).
+
+    Returns:
+        A :class:`Precision` whose ``name`` is the Lightning value.
+    """
+    cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if cuda else "cpu" if accelerator in ("auto", "cpu") else accelerator)
+    if str(requested) == "auto":
+        resolved = resolve_precision("auto", device, spatial_dims)
+        return Precision(resolved.lightning, resolved.reason)
+    if str(requested).startswith("bf16"):
+        resolve_precision("bf16", device, spatial_dims)  # the one-line warning where bf16 is not native
+    return Precision(str(requested), "asked for")
+
+
 def autocast(device: torch.device, precision: str, cache: bool = True) -> contextlib.AbstractContextManager:
     """bf16 autocast for ``precision=bf16``; nothing for ``fp32`` (resolve ``auto`` first).
 

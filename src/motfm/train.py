@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from motfm.cli import readable_errors
 from motfm.lit.module import GenerativeModule
+from motfm.runtime import trainer_precision
 from motfm.sweeps import trial_value
 from motfm.validate import resolve_resume, validate_train_config
 
@@ -49,7 +50,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     if not loggers:  # logger=none: there is nothing to monitor the learning rate into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    precision = trainer_precision(cfg.trainer.precision, cfg.trainer.accelerator, spec.spatial_dims)
+    log.info("training precision %s: %s", precision.name, precision.reason)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision.name
+    )
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     try:

@@ -107,10 +107,20 @@ class FeedForward(nn.Module):
 
 
 class TransformerLayer(nn.Module):
-    """Pre-norm layer: self-attention, optional cross-attention to a context, feed-forward."""
+    """Pre-norm layer: self-attention, optional cross-attention to a context, feed-forward.
+
+    ``ff_mult=0`` leaves the feed-forward out (a plain attention block, as MONAI's ``DiffusionModelUNet``
+    builds for unconditional models).
+    """
 
     def __init__(
-        self, dim: int, heads: int, context_dim: int | None, dropout: float = 0.0, backend: str = "sdpa"
+        self,
+        dim: int,
+        heads: int,
+        context_dim: int | None,
+        dropout: float = 0.0,
+        backend: str = "sdpa",
+        ff_mult: int = 4,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
@@ -119,8 +129,10 @@ class TransformerLayer(nn.Module):
         if context_dim is not None:
             self.norm2 = nn.LayerNorm(dim)
             self.cross_attn = MultiHeadAttention(dim, heads, context_dim, dropout, backend)
-        self.norm3 = nn.LayerNorm(dim)
-        self.ff = FeedForward(dim, dropout)
+        self.ff = None
+        if ff_mult > 0:
+            self.norm3 = nn.LayerNorm(dim)
+            self.ff = FeedForward(dim, dropout, ff_mult)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """``[B, N, dim] -> [B, N, dim]``; ``context`` ``[B, M, context_dim]`` iff cross-attention."""
@@ -129,7 +141,7 @@ class TransformerLayer(nn.Module):
             if context is None:
                 raise ValueError("this attention block cross-attends to a context, but none was given")
             x = x + self.cross_attn(self.norm2(x), context)
-        return x + self.ff(self.norm3(x))
+        return x if self.ff is None else x + self.ff(self.norm3(x))
 
 
 class SpatialTransformer(nn.Module):
@@ -143,6 +155,7 @@ class SpatialTransformer(nn.Module):
         norm_groups: GroupNorm groups of the input normalisation.
         dropout: dropout in attention and feed-forward.
         backend: ``sdpa`` or ``xformers``.
+        ff_mult: width multiplier of the feed-forward (0: none).
     """
 
     def __init__(
@@ -154,6 +167,7 @@ class SpatialTransformer(nn.Module):
         norm_groups: int = 32,
         dropout: float = 0.0,
         backend: str = "sdpa",
+        ff_mult: int = 4,
     ) -> None:
         super().__init__()
         if channels % head_dim:
@@ -161,7 +175,7 @@ class SpatialTransformer(nn.Module):
         self.norm = GroupNorm(norm_groups, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, channels)
         self.layers = nn.ModuleList(
-            TransformerLayer(channels, channels // head_dim, context_dim, dropout, backend)
+            TransformerLayer(channels, channels // head_dim, context_dim, dropout, backend, ff_mult)
             for _ in range(num_layers)
         )
         self.proj_out = nn.Linear(channels, channels)

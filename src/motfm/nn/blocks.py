@@ -8,6 +8,8 @@ from torch import Tensor, nn
 
 from motfm.nn.forward_ad import forward_ad_active
 
+RESAMPLES = (None, "down", "up")
+
 
 def conv_nd(spatial_dims: int, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1) -> nn.Module:
     """A 2D or 3D convolution with 'same' padding for odd kernels."""
@@ -44,8 +46,21 @@ class GroupNorm(nn.GroupNorm):
         return super().forward(x)
 
 
+def resample(x: Tensor, mode: str | None) -> Tensor:
+    """Halve (``down``: 2x average pooling) or double (``up``: nearest neighbour) every spatial size."""
+    if mode == "down":
+        return (F.avg_pool2d if x.ndim == 4 else F.avg_pool3d)(x, 2)
+    if mode == "up":
+        return F.interpolate(x, scale_factor=2.0, mode="nearest")
+    return x
+
+
 class ResBlock(nn.Module):
     """Residual block with GroupNorm, SiLU and an additive time embedding (Ho et al. 2020, App. B).
+
+    With ``resample`` it also changes the resolution, between the first normalisation and the first
+    convolution, on both the residual and the skip path (BigGAN's up/down residual blocks, Brock et al. 2019;
+    MONAI's ``resblock_updown``, used by the MOTFM paper's networks).
 
     Args:
         spatial_dims: 2 or 3.
@@ -54,6 +69,7 @@ class ResBlock(nn.Module):
         temb_dim: width of the time embedding.
         norm_groups: GroupNorm groups.
         dropout: dropout before the second convolution.
+        resample: ``None``, ``"down"`` (2x average pooling) or ``"up"`` (2x nearest neighbour).
     """
 
     def __init__(
@@ -64,8 +80,12 @@ class ResBlock(nn.Module):
         temb_dim: int,
         norm_groups: int,
         dropout: float = 0.0,
+        resample: str | None = None,
     ) -> None:
         super().__init__()
+        if resample not in RESAMPLES:
+            raise ValueError(f"resample must be one of {RESAMPLES}, got {resample!r}")
+        self.resample = resample
         check_groups(in_ch, norm_groups)
         check_groups(out_ch, norm_groups)
         self.norm1 = GroupNorm(norm_groups, in_ch, eps=1e-6)
@@ -77,8 +97,12 @@ class ResBlock(nn.Module):
         self.skip = nn.Identity() if in_ch == out_ch else conv_nd(spatial_dims, in_ch, out_ch, kernel_size=1)
 
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
-        """``x`` ``[B, in_ch, *spatial]``, ``temb`` ``[B, temb_dim]`` -> ``[B, out_ch, *spatial]``."""
-        h = self.conv1(F.silu(self.norm1(x)))
+        """``x`` ``[B, in_ch, *S]``, ``temb`` ``[B, temb_dim]`` -> ``[B, out_ch, *S']`` (``S' = S``, ``S/2``
+        or ``2S``)."""
+        h = F.silu(self.norm1(x))
+        if self.resample is not None:
+            x, h = resample(x, self.resample), resample(h, self.resample)
+        h = self.conv1(h)
         h = h + self.temb(F.silu(temb)).view(*temb.shape[:1], -1, *([1] * (x.ndim - 2)))
         h = self.conv2(self.drop(F.silu(self.norm2(h))))
         return self.skip(x) + h
@@ -91,8 +115,8 @@ class Downsample(nn.Module):
         super().__init__()
         self.conv = conv_nd(spatial_dims, channels, channels, stride=2)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``[B, C, *S] -> [B, C, *S/2]``."""
+    def forward(self, x: Tensor, temb: Tensor | None = None) -> Tensor:
+        """``[B, C, *S] -> [B, C, *S/2]`` (``temb`` unused: called as a resampling :class:`ResBlock`)."""
         return self.conv(x)
 
 
@@ -103,6 +127,6 @@ class Upsample(nn.Module):
         super().__init__()
         self.conv = conv_nd(spatial_dims, channels, channels)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``[B, C, *S] -> [B, C, *2S]``."""
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    def forward(self, x: Tensor, temb: Tensor | None = None) -> Tensor:
+        """``[B, C, *S] -> [B, C, *2S]`` (``temb`` unused, as in :class:`Downsample`)."""
+        return self.conv(resample(x, "up"))

@@ -59,11 +59,12 @@ def one_hot_mask(
         dtype: the output dtype.
 
     Returns:
-        ``[B, num_labels, *spatial]``.
+        ``[B, num_labels, *spatial]`` in channels-last memory format (what the ControlNet's convolutions
+        read; built in that layout, so no layout copy follows).
     """
     check_mask_shape(mask, spatial_dims)
-    labels = torch.arange(num_labels, device=mask.device).view(1, -1, *([1] * spatial_dims))
-    return (mask == labels).to(dtype)
+    labels = torch.arange(num_labels, device=mask.device)
+    return (mask.movedim(1, -1) == labels).to(dtype).movedim(-1, 1)
 
 
 class MaskEmbedding(nn.Module):

@@ -10,10 +10,12 @@ block) is its own module so that a ControlNet can be an exact copy of it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from motfm.nn.attention import SpatialTransformer, check_backend
 from motfm.nn.blocks import Downsample, GroupNorm, ResBlock, Upsample, check_groups, conv_nd, zero_module
@@ -27,8 +29,11 @@ class ResAttnStage(nn.Module):
         super().__init__()
         self.res, self.attn = res, attn
 
-    def forward(self, x: Tensor, temb: Tensor, context: Tensor | None) -> Tensor:
-        """``[B, C_in, *S] -> [B, C_out, *S]``."""
+    def forward(self, x: Tensor, temb: Tensor, context: Tensor | None, skip: Tensor | None = None) -> Tensor:
+        """``[B, C_in, *S] -> [B, C_out, *S]``; a decoder stage first concatenates its ``skip`` to ``x``
+        (inside the stage, so that activation checkpointing does not store the concatenation)."""
+        if skip is not None:
+            x = torch.cat([x, skip], dim=1)
         x = self.res(x, temb)
         return x if self.attn is None else self.attn(x, context)
 
@@ -43,7 +48,8 @@ class UNetConfig:
         channels: feature channels per resolution level.
         num_res_blocks: residual blocks per level (an int or one per level).
         attention_levels: whether each level has attention.
-        head_dim: channels per attention head.
+        head_dim: channels per attention head, one number or one per level (MONAI's ``num_head_channels``;
+            the MOTFM paper's networks use one head per level: ``head_dim`` = that level's channels).
         norm_groups: GroupNorm groups.
         dropout: dropout in residual and attention blocks.
         transformer_num_layers: transformer layers per attention block.
@@ -51,6 +57,11 @@ class UNetConfig:
         attention_backend: ``sdpa`` or ``xformers``.
         interval_embedding: also embed a second time ``r`` (MeanFlow's average-velocity models), through
             :class:`~motfm.nn.embeddings.IntervalEmbedding` of ``r - t``.
+        resblock_updown: change resolution with residual blocks (average pooling / nearest neighbour inside
+            a :class:`ResBlock`, as MONAI's ``resblock_updown`` in the MOTFM paper's networks) instead of a
+            stride-2 convolution / upsampling followed by a convolution.
+        ff_mult: width multiplier of the transformer feed-forward (0: attention only, as MONAI builds the
+            attention of unconditional models).
     """
 
     def __init__(
@@ -61,13 +72,15 @@ class UNetConfig:
         channels: Sequence[int] = (64, 128, 256),
         num_res_blocks: int | Sequence[int] = 2,
         attention_levels: Sequence[bool] = (False, True, True),
-        head_dim: int = 32,
+        head_dim: int | Sequence[int] = 32,
         norm_groups: int = 32,
         dropout: float = 0.0,
         transformer_num_layers: int = 1,
         context_dim: int | None = None,
         attention_backend: str = "sdpa",
         interval_embedding: bool = False,
+        resblock_updown: bool = False,
+        ff_mult: int = 4,
     ) -> None:
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
@@ -85,14 +98,18 @@ class UNetConfig:
             )
         if min(num_res_blocks) < 1:
             raise ValueError(f"num_res_blocks must be >= 1, got {num_res_blocks}")
-        for c in channels:
+        head_dims = (head_dim,) * len(channels) if isinstance(head_dim, int) else tuple(head_dim)
+        head_dims = tuple(int(d) for d in head_dims)
+        if len(head_dims) != len(channels) or min(head_dims) < 1:
+            raise ValueError(f"head_dim {head_dim} must be a positive int or one per level of {channels}")
+        for c, d, attention in zip(channels, head_dims, attention_levels):
             check_groups(c, norm_groups)
-            if any(attention_levels) and c % head_dim and attention_levels[channels.index(c)]:
-                raise ValueError(
-                    f"channels {c} of an attention level are not divisible by head_dim {head_dim}"
-                )
+            if attention and c % d:
+                raise ValueError(f"channels {c} of an attention level are not divisible by head_dim {d}")
         if transformer_num_layers < 1:
             raise ValueError(f"transformer_num_layers must be >= 1, got {transformer_num_layers}")
+        if ff_mult < 0:
+            raise ValueError(f"ff_mult must be >= 0, got {ff_mult}")
         check_backend(attention_backend)
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
@@ -100,13 +117,15 @@ class UNetConfig:
         self.channels = channels
         self.num_res_blocks = num_res_blocks
         self.attention_levels = attention_levels
-        self.head_dim = head_dim
+        self.head_dims = head_dims
         self.norm_groups = norm_groups
         self.dropout = dropout
         self.transformer_num_layers = transformer_num_layers
         self.context_dim = context_dim
         self.attention_backend = attention_backend
         self.interval_embedding = interval_embedding
+        self.resblock_updown = bool(resblock_updown)
+        self.ff_mult = int(ff_mult)
 
     @property
     def temb_dim(self) -> int:
@@ -118,21 +137,46 @@ class UNetConfig:
         """Every spatial size must be divisible by this."""
         return 2 ** (len(self.channels) - 1)
 
-    def res_attn(self, in_ch: int, out_ch: int, attention: bool) -> ResAttnStage:
-        """A residual block, with a spatial transformer when ``attention``."""
+    def res_attn(self, in_ch: int, out_ch: int, level: int, attention: bool = True) -> ResAttnStage:
+        """A residual block, with a spatial transformer when ``attention`` and the ``level`` has attention."""
         res = ResBlock(self.spatial_dims, in_ch, out_ch, self.temb_dim, self.norm_groups, self.dropout)
         attn = None
-        if attention:
+        if attention and self.attention_levels[level]:
             attn = SpatialTransformer(
                 out_ch,
-                self.head_dim,
+                self.head_dims[level],
                 self.transformer_num_layers,
                 self.context_dim,
                 self.norm_groups,
                 self.dropout,
                 self.attention_backend,
+                self.ff_mult,
             )
         return ResAttnStage(res, attn)
+
+    def resampler(self, channels: int, mode: str) -> nn.Module:
+        """The block between two levels: ``mode`` ``down`` halves, ``up`` doubles every spatial size.
+
+        Called as ``block(x, temb)`` (the convolutional variants ignore ``temb``).
+        """
+        if self.resblock_updown:
+            return ResBlock(
+                self.spatial_dims, channels, channels, self.temb_dim, self.norm_groups, self.dropout, mode
+            )
+        return (Downsample if mode == "down" else Upsample)(self.spatial_dims, channels)
+
+
+def run_stage(owner: nn.Module, stage: nn.Module, *args: Any) -> Tensor:
+    """Call ``stage(*args)``, through activation checkpointing when ``owner`` asks for it and trains.
+
+    With ``owner.activation_checkpointing`` set, in training mode and with gradients enabled, the stage's
+    inner activations are not stored but recomputed in the backward pass
+    (``torch.utils.checkpoint.checkpoint(use_reentrant=False)``, Chen et al. 2016, "Training Deep Nets with
+    Sublinear Memory Cost"): only its input stays in memory. Same values and gradients, one more forward.
+    """
+    if owner.activation_checkpointing and owner.training and torch.is_grad_enabled():
+        return checkpoint(stage, *args, use_reentrant=False)
+    return stage(*args)
 
 
 class UNetEncoder(nn.Module):
@@ -140,11 +184,16 @@ class UNetEncoder(nn.Module):
 
     ``forward`` returns the middle activation, the skip activations (in the order the decoder
     consumes them in reverse) and the time embedding.
+
+    Attributes:
+        activation_checkpointing: recompute each residual / attention stage in the backward pass instead of
+            storing its activations (training only; see :func:`run_stage`).
     """
 
     def __init__(self, cfg: UNetConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.activation_checkpointing = False
         self.time_embed = TimeEmbedding(cfg.channels[0], cfg.temb_dim)
         self.interval_embed = (
             IntervalEmbedding(cfg.channels[0], cfg.temb_dim) if cfg.interval_embedding else None
@@ -157,16 +206,16 @@ class UNetEncoder(nn.Module):
         for level, out_ch in enumerate(cfg.channels):
             stages = nn.ModuleList()
             for _ in range(cfg.num_res_blocks[level]):
-                stages.append(cfg.res_attn(ch, out_ch, cfg.attention_levels[level]))
+                stages.append(cfg.res_attn(ch, out_ch, level))
                 ch = out_ch
                 skip_channels.append(ch)
             self.levels.append(stages)
             last = level == len(cfg.channels) - 1
-            self.downsamplers.append(nn.Identity() if last else Downsample(cfg.spatial_dims, ch))
+            self.downsamplers.append(nn.Identity() if last else cfg.resampler(ch, "down"))
             if not last:
                 skip_channels.append(ch)
-        self.mid1 = cfg.res_attn(ch, ch, cfg.attention_levels[-1])
-        self.mid2 = cfg.res_attn(ch, ch, False)
+        self.mid1 = cfg.res_attn(ch, ch, len(cfg.channels) - 1)
+        self.mid2 = cfg.res_attn(ch, ch, len(cfg.channels) - 1, attention=False)
         self.skip_channels = skip_channels
 
     def forward(
@@ -200,12 +249,13 @@ class UNetEncoder(nn.Module):
         skips = [h]
         for stages, down in zip(self.levels, self.downsamplers):
             for stage in stages:
-                h = stage(h, temb, context)
+                h = run_stage(self, stage, h, temb, context)
                 skips.append(h)
             if not isinstance(down, nn.Identity):
-                h = down(h)
+                h = run_stage(self, down, h, temb)
                 skips.append(h)
-        h = self.mid2(self.mid1(h, temb, context), temb, None)
+        h = run_stage(self, self.mid1, h, temb, context)
+        h = run_stage(self, self.mid2, h, temb, None)
         return h, skips, temb
 
 
@@ -214,11 +264,16 @@ class UNet(nn.Module):
 
     Args:
         cfg: the architecture (see :class:`UNetConfig`).
+
+    Attributes:
+        activation_checkpointing: as :class:`UNetEncoder`'s, for the decoder stages (set both through
+            :meth:`motfm.nn.velocity.VelocityNet.set_activation_checkpointing`).
     """
 
     def __init__(self, cfg: UNetConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.activation_checkpointing = False
         self.encoder = UNetEncoder(cfg)
         skip_channels = list(self.encoder.skip_channels)
         ch = cfg.channels[-1]
@@ -228,10 +283,10 @@ class UNet(nn.Module):
             out_ch = cfg.channels[level]
             stages = nn.ModuleList()
             for _ in range(cfg.num_res_blocks[level] + 1):
-                stages.append(cfg.res_attn(ch + skip_channels.pop(), out_ch, cfg.attention_levels[level]))
+                stages.append(cfg.res_attn(ch + skip_channels.pop(), out_ch, level))
                 ch = out_ch
             self.levels.append(stages)
-            self.upsamplers.append(Upsample(cfg.spatial_dims, ch) if level > 0 else nn.Identity())
+            self.upsamplers.append(cfg.resampler(ch, "up") if level > 0 else nn.Identity())
         self.norm_out = GroupNorm(cfg.norm_groups, ch, eps=1e-6)
         self.conv_out = zero_module(conv_nd(cfg.spatial_dims, ch, cfg.out_channels))
 
@@ -280,6 +335,7 @@ class UNet(nn.Module):
             h = h + mid_residual
         for stages, up in zip(self.levels, self.upsamplers):
             for stage in stages:
-                h = stage(torch.cat([h, skips.pop()], dim=1), temb, context)
-            h = up(h)
+                h = run_stage(self, stage, h, temb, context, skips.pop())
+            if not isinstance(up, nn.Identity):
+                h = run_stage(self, up, h, temb)
         return self.conv_out(F.silu(self.norm_out(h)))

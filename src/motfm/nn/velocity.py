@@ -77,6 +77,13 @@ class VelocityNet(nn.Module):
             raise ValueError("this model is not class-conditional")
         return torch.full((batch_size,), self.class_embedding.null_index, dtype=torch.long, device=device)
 
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """Recompute the UNet's (and ControlNet's) residual / attention stages in the backward pass instead of
+        storing their activations: less training memory for one more forward pass (training mode only)."""
+        encoders = [self.unet.encoder] + ([self.controlnet.encoder] if self.controlnet is not None else [])
+        for module in (self.unet, *encoders):
+            module.activation_checkpointing = bool(enabled)
+
     @property
     def has_interval(self) -> bool:
         """Whether the network takes MeanFlow's second time ``r``."""
@@ -169,7 +176,7 @@ def build_velocity_net(
     channels: Sequence[int] = (64, 128, 256),
     num_res_blocks: int | Sequence[int] = 2,
     attention_levels: Sequence[bool] = (False, True, True),
-    head_dim: int = 32,
+    head_dim: int | Sequence[int] = 32,
     norm_groups: int = 32,
     dropout: float = 0.0,
     transformer_num_layers: int = 1,
@@ -183,6 +190,9 @@ def build_velocity_net(
     base_ckpt: str | None = None,
     freeze_base: bool = False,
     interval_embedding: bool = False,
+    resblock_updown: bool = False,
+    ff_mult: int = 4,
+    activation_checkpointing: bool = False,
 ) -> VelocityNet:
     """Build a :class:`VelocityNet` sized by the data (channels, classes, mask labels).
 
@@ -190,7 +200,7 @@ def build_velocity_net(
         spec: what the dataset provides.
         spatial_dims: 2 or 3; must match the data.
         channels, num_res_blocks, attention_levels, head_dim, norm_groups, dropout,
-            transformer_num_layers, attention_backend: see :class:`UNetConfig`.
+            transformer_num_layers, attention_backend, resblock_updown, ff_mult: see :class:`UNetConfig`.
         conditioning: any of ``"class"`` (cross-attention to label tokens) and ``"mask"`` (ControlNet).
         class_tokens: tokens per class label (context length ``L``).
         class_dim: token width ``D``.
@@ -201,6 +211,8 @@ def build_velocity_net(
             an unconditional or class-conditional model to which a ControlNet is added.
         freeze_base: train only what the base does not contain (the ControlNet), as in Zhang et al. 2023.
         interval_embedding: a second time input ``r`` (set by objectives that need it, e.g. MeanFlow).
+        activation_checkpointing: recompute activations in the backward pass (less training memory, one
+            more forward; see :meth:`VelocityNet.set_activation_checkpointing`). Not part of the architecture.
 
     Returns:
         The network.
@@ -229,6 +241,8 @@ def build_velocity_net(
         context_dim=class_dim if has_class else None,
         attention_backend=attention_backend,
         interval_embedding=interval_embedding,
+        resblock_updown=resblock_updown,
+        ff_mult=ff_mult,
     )
     if has_class and not any(cfg.attention_levels):
         raise ValueError(
@@ -253,7 +267,9 @@ def build_velocity_net(
     controlnet = None
     if "mask" in conditioning:
         controlnet = ControlNet.from_unet(unet, spec.num_mask_labels, mask_embed_channels)
-    return VelocityNet(unet, class_embedding, controlnet, conditioning_scale, channels_last)
+    net = VelocityNet(unet, class_embedding, controlnet, conditioning_scale, channels_last)
+    net.set_activation_checkpointing(activation_checkpointing)
+    return net
 
 
 def load_base(path: str, unet: UNet, class_embedding: ClassEmbedding | None) -> None:

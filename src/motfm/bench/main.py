@@ -1,0 +1,203 @@
+"""Benchmark the suite's networks, optionally against the original MOTFM stack, in one run.
+
+``python -m motfm.bench [bench=cpu|gpu] [reference=true] [device=cuda] [out_dir=DIR]``
+
+For every case of the preset (a model config at an image size and batch size) and every precision (bf16
+only where it is native), it times, alternating between the suite's model and, with ``reference=true``, MONAI
+Generative's ``DiffusionModelUNet`` + ``ControlNet`` at the same architecture (:mod:`motfm.bench.reference`):
+one network evaluation, Euler sampling at each NFE, and a training step; counts their FLOPs; and measures
+peak training memory in a fresh process per measurement (:mod:`motfm.bench.memory`). A 3D memory table
+(peak training memory by volume size, with and without activation checkpointing) tells what fits. Results:
+``<out_dir>/<date>-<device>[-reference].json`` and ``.md``; compare ratios only within one file.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from motfm.bench.candidates import Candidate, random_batch
+from motfm.bench.memory import measure_in_fresh_process
+from motfm.bench.ours import build_ours
+from motfm.bench.reference import build_reference, reference_missing
+from motfm.bench.report import output_stem, to_markdown
+from motfm.bench.timing import count_flops, machine_info, matmul_peak, timed_alternating
+from motfm.cli import readable_errors
+from motfm.io.atomic import atomic_open, write_json
+from motfm.runtime import cpu_has_native_bf16, pick_device, resolve_precision
+
+log = logging.getLogger(__name__)
+
+# Absolute: ``python -m motfm.bench`` calls this module through ``__main__``, so Hydra would otherwise resolve
+# a relative path against the package, not the file.
+CONFIG_DIR = str(Path(__file__).resolve().parents[3] / "conf")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 runs natively (CUDA with bf16, or a CPU whose oneDNN reports it)."""
+    return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
+
+
+def case_config(case: DictConfig, out_dir: str, *extra: str) -> DictConfig:
+    """The training config of a case, composed as ``python -m motfm.train`` would (nothing is written to
+    ``out_dir``: it only stands for the run folder that a training run would have)."""
+    overrides = [
+        f"paths.output_dir={out_dir}",
+        f"model={case.model}",
+        f"data={case.data}",
+        f"data.dataset.size={case.size}",
+        "data.dataset.num_samples={train:2,val:1,test:1}",
+        "logger=none",
+        *case.get("overrides", []),
+        *extra,
+    ]
+    return hydra.compose(config_name="train", overrides=overrides)
+
+
+def memory_job(side: str, train_cfg: DictConfig, spec: Any, batch_size: int, device: torch.device) -> dict:
+    """A job for :func:`motfm.bench.memory.run_job`: two fp32 training steps of one candidate."""
+    return {
+        "side": side,
+        "config": OmegaConf.to_container(train_cfg, resolve=True),
+        "spec": spec.to_dict(),
+        "batch_size": batch_size,
+        "device": str(device),
+        "precision": "fp32",
+        "steps": 2,
+    }
+
+
+def bench_case(
+    cfg: DictConfig, case: DictConfig, precision: str, device: torch.device, reference: bool
+) -> dict[str, Any]:
+    """Time, count and (fp32) measure the memory of one case at one precision, alternating the candidates."""
+    train_cfg = case_config(case, cfg.out_dir)
+    spec = instantiate(train_cfg.data).spec
+    batch = random_batch(spec, case.batch_size, device)
+    cands: list[Candidate] = [build_ours(train_cfg, spec, batch, device, precision)]
+    if reference:
+        model = OmegaConf.to_container(train_cfg.model, resolve=True)
+        cands.append(build_reference(model, spec, batch, device, precision))
+    log.info("case %s (%s): counting FLOPs", case.name, precision)
+    out: dict[str, Any] = {
+        "case": case.name,
+        "model": case.model,
+        "precision": precision,
+        "image_size": list(spec.image_size),
+        "batch_size": case.batch_size,
+        "candidates": {
+            c.name: {
+                "params": c.params,
+                "notes": c.notes,
+                "eval_flops": count_flops(c.forward),
+                "train_flops": count_flops(c.train_step),
+            }
+            for c in cands
+        },
+    }
+    log.info("case %s (%s): one evaluation", case.name, precision)
+    times = timed_alternating({c.name: c.forward for c in cands}, cfg.repeats, cfg.warmup, device)
+    for name, s in times.items():
+        out["candidates"][name]["eval_s"] = s
+    log.info("case %s (%s): training step", case.name, precision)
+    times = timed_alternating({c.name: c.train_step for c in cands}, cfg.repeats, cfg.warmup, device)
+    for name, s in times.items():
+        out["candidates"][name]["train_step_s"] = s
+    for nfe in cfg.nfe:
+        log.info("case %s (%s): sampling at NFE %d", case.name, precision, nfe)
+        fns = {c.name: functools.partial(c.sample, nfe) for c in cands}
+        times = timed_alternating(fns, cfg.sample_repeats, 0, device)
+        for name, s in times.items():
+            out["candidates"][name].setdefault("sampling", []).append(
+                {"nfe": nfe, "seconds": s, "images_per_s": case.batch_size / s}
+            )
+    del cands, batch
+    if precision == "fp32":
+        for side in ["motfm", "reference"] if reference else ["motfm"]:
+            log.info("case %s: peak training memory of %s (fresh process)", case.name, side)
+            job = memory_job(side, train_cfg, spec, case.batch_size, device)
+            out["candidates"][side]["train_memory"] = measure_in_fresh_process(job, cfg.memory_timeout_s)
+    return out
+
+
+def memory_table(cfg: DictConfig, device: torch.device, reference: bool) -> list[dict[str, Any]]:
+    """Peak training memory (fp32, one fresh process each) of 3D models by volume size and checkpointing."""
+    table = cfg.get("memory3d")
+    rows: list[dict[str, Any]] = []
+    if not table:
+        return rows
+    for model in table.models:
+        for size in table.sizes:
+            case = OmegaConf.create({"model": model, "data": table.data, "size": size, "overrides": []})
+            variants = [("motfm", False), ("motfm", True)] + ([("reference", False)] if reference else [])
+            for side, ckpt in variants:
+                checkpointing = f"model.activation_checkpointing={str(ckpt).lower()}"
+                train_cfg = case_config(case, cfg.out_dir, checkpointing)
+                spec = instantiate(train_cfg.data).spec
+                log.info("memory: %s %s^3 %s checkpointing=%s", model, size, side, ckpt)
+                job = memory_job(side, train_cfg, spec, table.batch_size, device)
+                result = measure_in_fresh_process(job, cfg.memory_timeout_s)
+                rows.append({"model": model, "size": size, "side": side, "checkpointing": ckpt, **result})
+    return rows
+
+
+def run(cfg: DictConfig) -> Path:
+    """Run the benchmark of a composed ``bench`` config (Hydra initialised) and write the results files.
+
+    Returns:
+        The results' path without suffix (``.json`` and ``.md`` exist beside it).
+    """
+    device = pick_device(cfg.device)
+    torch.manual_seed(0)
+    info = machine_info(device)
+    reference = bool(cfg.reference)
+    if reference:
+        missing = reference_missing()
+        if missing:
+            log.warning("reference=true: the reference stack is skipped: %s; measuring motfm alone", missing)
+            info["reference_skipped"] = missing
+            reference = False
+    info["reference"] = reference
+    native = native_bf16(device)
+    n = cfg.peak_matmul_size
+    info["matmul_peak_flops"] = {"fp32": matmul_peak(device, torch.float32, n)}
+    if native:
+        info["matmul_peak_flops"]["bf16"] = matmul_peak(device, torch.bfloat16, n)
+    auto = {dims: resolve_precision("auto", device, dims) for dims in (2, 3)}
+    info["precision_auto"] = {f"{d}d": {"name": p.name, "reason": p.reason} for d, p in auto.items()}
+    precisions = []
+    for p in cfg.precisions:
+        if p == "bf16" and not native:
+            reason = "bf16 is not native here (it would fall back to kernels 80-300x slower): skipped"
+            log.warning("precision bf16: %s", reason)
+            info["bf16_skipped"] = reason
+        else:
+            precisions.append(p)
+    results = [bench_case(cfg, case, p, device, reference) for case in cfg.cases for p in precisions]
+    memory = memory_table(cfg, device, reference)
+    stem = output_stem(cfg.out_dir, info, device, reference)
+    write_json(stem.with_suffix(".json"), {"machine": info, "results": results, "memory3d": memory})
+    markdown = to_markdown(info, results, memory)
+    with atomic_open(stem.with_suffix(".md")) as f:
+        f.write(markdown)
+    print(markdown)
+    log.info("results: %s.{json,md}", stem)
+    return stem
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="bench")
+@readable_errors
+def main(cfg: DictConfig) -> None:
+    """``python -m motfm.bench``: run the benchmark and write the results files."""
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""python -m motfm.bench on tiny configs: the suite alone, against the reference stack, and the skip path."""
+
+import json
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+import motfm.bench.main as bench_main
+from cli_helpers import CONF_DIR
+from motfm.bench.candidates import random_batch
+from motfm.bench.memory import measure_in_fresh_process, proc_status_kib
+from motfm.bench.reference import reference_missing
+from motfm.data.base import DataSpec
+
+TINY_MODEL = [
+    "model.channels=[8,16]",
+    "model.attention_levels=[false,true]",
+    "model.head_dim=[8,16]",
+    "model.norm_groups=4",
+    "model.resblock_updown=true",
+    "model.transformer_num_layers=2",
+    "model.mask_embed_channels=[16]",
+    "model.class_dim=4",  # = the phantom's 4 classes: the reference's one-hot context has the same width
+]
+TINY_CASE = (
+    "cases=[{name: tiny, model: unet2d_small, data: echo_phantom, size: 16, batch_size: 2, "
+    f"overrides: {json.dumps(['model.conditioning=[class,mask]', *TINY_MODEL])}}}]"
+)
+
+
+def run_bench(tmp_path, *overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            "bench",
+            overrides=[
+                TINY_CASE,
+                "memory3d=null",
+                "repeats=1",
+                "warmup=0",
+                "sample_repeats=1",
+                "nfe=[1,2]",
+                "memory_timeout_s=300",
+                "peak_matmul_size=256",
+                f"out_dir={tmp_path}",
+                *overrides,
+            ],
+        )
+        stem = bench_main.run(cfg)
+    return json.loads(stem.with_suffix(".json").read_text()), stem.with_suffix(".md").read_text()
+
+
+def fake_memory(monkeypatch):
+    """Record the memory jobs instead of starting a process for each (see test_memory_of_a_fresh_process)."""
+    jobs = []
+
+    def measure(job, timeout):
+        jobs.append(job)
+        return {"peak_MiB": 2.0, "model_MiB": 1.0, "step_s": 0.1, "params": 1}
+
+    monkeypatch.setattr(bench_main, "measure_in_fresh_process", measure)
+    return jobs
+
+
+def test_reference_skipped_with_a_clear_reason(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_main, "reference_missing", lambda: "monai-generative not installed (pip ...)")
+    fake_memory(monkeypatch)
+    data, md = run_bench(tmp_path, "reference=true", "precisions=[fp32]")
+    assert data["machine"]["reference"] is False
+    assert "reference skipped: monai-generative not installed" in md
+    (result,) = data["results"]
+    assert set(result["candidates"]) == {"motfm"}
+    ours = result["candidates"]["motfm"]
+    assert ours["eval_flops"] > 0 and ours["train_flops"] > 2 * ours["eval_flops"]
+    assert [s["nfe"] for s in ours["sampling"]] == [1, 2]
+
+
+@pytest.mark.skipif(reference_missing() is not None, reason=f"reference stack: {reference_missing()}")
+def test_reference_runs_alternating_on_a_tiny_config(tmp_path, monkeypatch):
+    jobs = fake_memory(monkeypatch)
+    data, md = run_bench(tmp_path, "reference=true", "precisions=[fp32]")
+    (result,) = data["results"]
+    ours, ref = result["candidates"]["motfm"], result["candidates"]["reference"]
+    for c in (ours, ref):
+        assert c["eval_s"] > 0 and c["train_step_s"] > 0 and len(c["sampling"]) == 2
+    assert [j["side"] for j in jobs] == ["motfm", "reference"]
+    # the same architecture: FLOPs of one evaluation agree (the mask embedding reads 4 one-hot channels
+    # here, 1 float channel there)
+    assert ours["eval_flops"] == pytest.approx(ref["eval_flops"], rel=0.02)
+    assert "| tiny | fp32 | 16x16 x 2 |" in md and "ours/ref" in md
+
+
+@pytest.mark.skipif(reference_missing() is not None, reason=f"reference stack: {reference_missing()}")
+def test_reference_unet_has_the_same_architecture():
+    from hydra.utils import instantiate
+
+    from motfm.bench.reference import build_reference_model
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            "train", overrides=["model=unet2d_small", "model.conditioning=[class,mask]", *TINY_MODEL]
+        )
+    spec = DataSpec(2, 1, (16, 16), num_classes=4, num_mask_labels=4)
+    model = dict(cfg.model)
+    ours = instantiate(cfg.model, _partial_=True)(spec=spec)
+    ref, _ = build_reference_model(model, spec, torch.device("cpu"))
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(ours.unet) == count(ref.unet)
+    # ControlNet: our mask embedding reads 4 one-hot channels (MOTFM: 1 float channel) and our class tokens
+    # are a learned table of (classes + null) x class_dim
+    assert count(ours.controlnet) - count(ref.controlnet) == 3 * 16 * 9
+    batch = random_batch(spec, 2, torch.device("cpu"))
+    with torch.no_grad():
+        from motfm.bench.reference import reference_inputs
+
+        cond, masks = reference_inputs(batch, spec)
+        assert ref(batch["image"], torch.rand(2), cond, masks).shape == batch["image"].shape
+
+
+def test_fresh_process_memory_reads_procfs():
+    assert (proc_status_kib("VmHWM") or 0) >= (proc_status_kib("VmRSS") or 0) > 0
+
+
+@pytest.mark.skipif(reference_missing() is not None, reason=f"reference stack: {reference_missing()}")
+def test_memory_of_a_fresh_process(tmp_path):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                "model=unet2d_small",
+                "model.conditioning=[class,mask]",
+                *TINY_MODEL,
+                "logger=none",
+                f"paths.output_dir={tmp_path}",
+            ],
+        )
+    spec = DataSpec(2, 1, (16, 16), num_classes=4, num_mask_labels=4)
+    job = bench_main.memory_job("reference", cfg, spec, 2, torch.device("cpu"))
+    result = measure_in_fresh_process(job, timeout_s=300)
+    assert result["peak_MiB"] > result["model_MiB"] > 0 and result["step_s"] > 0, result
+
+
+def test_markdown_ratios_auto_check_and_memory_table():
+    from motfm.bench.report import to_markdown
+
+    info = {
+        "date": "2026-01-01T00:00:00",
+        "device": "cpu: test",
+        "threads": 2,
+        "python": "3.11",
+        "torch": "2",
+        "lightning": "2",
+        "matmul_peak_flops": {"fp32": 1e11, "bf16": 2e11},
+        "precision_auto": {"2d": {"name": "bf16", "reason": "AMX"}, "3d": {"name": "fp32", "reason": "-"}},
+        "reference": True,
+    }
+
+    def result(precision, eval_s, ref_eval_s):
+        side = {"params": 1e6, "eval_flops": 1e9, "train_flops": 3e9, "train_step_s": 2.0, "notes": []}
+        return {
+            "case": "c",
+            "precision": precision,
+            "image_size": [8, 8],
+            "batch_size": 2,
+            "candidates": {
+                "motfm": {
+                    **side,
+                    "eval_s": eval_s,
+                    "sampling": [{"nfe": 1, "seconds": 1.0, "images_per_s": 2}],
+                },
+                "reference": {
+                    **side,
+                    "eval_s": ref_eval_s,
+                    "train_step_s": 4.0,
+                    "sampling": [{"nfe": 1, "seconds": 2.0, "images_per_s": 1}],
+                },
+            },
+        }
+
+    memory = [
+        {"model": "m", "size": 32, "side": "motfm", "checkpointing": False, "peak_MiB": 1000, "step_s": 1.0},
+        {"model": "m", "size": 32, "side": "motfm", "checkpointing": True, "peak_MiB": 500, "step_s": 1.25},
+        {
+            "model": "m",
+            "size": 32,
+            "side": "reference",
+            "checkpointing": False,
+            "peak_MiB": 1250,
+            "step_s": 1.1,
+        },
+    ]
+    md = to_markdown(info, [result("fp32", 0.5, 1.0), result("bf16", 0.4, 1.0)], memory)
+    assert "| 500 | 1000 | 0.50 | 2000 | 4000 | 0.50 | 2 (2%) |" in md  # eval and train ours/ref
+    assert "| c | fp32 | 1 | 2.00 | 1.00 | 0.50 |" in md  # sampling
+    assert "precision=auto on c, evaluation: bf16, 0% slower" in md
+    assert "| m | 32³ | 1000 | 500 | 1250 | 0.40 | 1.00 / 1.25 / 1.10 | 1.25 |" in md
