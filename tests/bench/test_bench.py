@@ -60,7 +60,7 @@ def fake_memory(monkeypatch):
         jobs.append(job)
         return {"peak_MiB": 2.0, "model_MiB": 1.0, "step_s": 0.1, "params": 1}
 
-    monkeypatch.setattr(bench_main, "measure_in_fresh_process", measure)
+    monkeypatch.setattr(bench_main, "measure_memory", measure)
     return jobs
 
 

@@ -24,7 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from motfm.bench.candidates import Candidate, random_batch
-from motfm.bench.memory import measure_in_fresh_process
+from motfm.bench.memory import measure_memory
 from motfm.bench.ours import build_ours
 from motfm.bench.reference import build_reference, reference_missing
 from motfm.bench.report import output_stem, to_markdown
@@ -123,7 +123,7 @@ def bench_case(
         for side in ["motfm", "reference"] if reference else ["motfm"]:
             log.info("case %s: peak training memory of %s (fresh process)", case.name, side)
             job = memory_job(side, train_cfg, spec, case.batch_size, device)
-            out["candidates"][side]["train_memory"] = measure_in_fresh_process(job, cfg.memory_timeout_s)
+            out["candidates"][side]["train_memory"] = measure_memory(job, cfg.memory_timeout_s)
     return out
 
 
@@ -143,7 +143,7 @@ def memory_table(cfg: DictConfig, device: torch.device, reference: bool) -> list
                 spec = instantiate(train_cfg.data).spec
                 log.info("memory: %s %s^3 %s checkpointing=%s", model, size, side, ckpt)
                 job = memory_job(side, train_cfg, spec, table.batch_size, device)
-                result = measure_in_fresh_process(job, cfg.memory_timeout_s)
+                result = measure_memory(job, cfg.memory_timeout_s)
                 rows.append({"model": model, "size": size, "side": side, "checkpointing": ckpt, **result})
     return rows
 
@@ -180,14 +180,21 @@ def run(cfg: DictConfig) -> Path:
             info["bf16_skipped"] = reason
         else:
             precisions.append(p)
-    results = [bench_case(cfg, case, p, device, reference) for case in cfg.cases for p in precisions]
-    memory = memory_table(cfg, device, reference)
     stem = output_stem(cfg.out_dir, info, device, reference)
-    write_json(stem.with_suffix(".json"), {"machine": info, "results": results, "memory3d": memory})
-    markdown = to_markdown(info, results, memory)
-    with atomic_open(stem.with_suffix(".md")) as f:
-        f.write(markdown)
-    print(markdown)
+
+    def write(results: list[dict[str, Any]], memory: list[dict[str, Any]]) -> str:
+        write_json(stem.with_suffix(".json"), {"machine": info, "results": results, "memory3d": memory})
+        markdown = to_markdown(info, results, memory)
+        with atomic_open(stem.with_suffix(".md")) as f:
+            f.write(markdown)
+        return markdown
+
+    results: list[dict[str, Any]] = []
+    for case in cfg.cases:
+        for p in precisions:
+            results.append(bench_case(cfg, case, p, device, reference))
+            write(results, [])  # a run cut short keeps the cases it measured
+    print(write(results, memory_table(cfg, device, reference)))
     log.info("results: %s.{json,md}", stem)
     return stem
 

@@ -100,6 +100,19 @@ def measure_in_fresh_process(job: dict[str, Any], timeout_s: float) -> dict[str,
     return json.loads(lines[-1])
 
 
+def measure_memory(job: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """Peak training memory of a job: in this process on CUDA (``max_memory_allocated`` after a reset is exact
+    there), in a fresh process on the CPU (``VmHWM`` only counts from a process's start)."""
+    if not str(job["device"]).startswith("cuda"):
+        return measure_in_fresh_process(job, timeout_s)
+    try:
+        result = run_job(job)
+    except torch.cuda.OutOfMemoryError as err:
+        result = {"error": f"out of memory: {str(err).splitlines()[0]}"}
+    torch.cuda.empty_cache()
+    return result
+
+
 def main() -> None:
     """``python -m motfm.bench.memory JOB_JSON``: print the result of :func:`run_job` as one JSON line."""
     print(json.dumps(run_job(json.loads(sys.argv[1]))))
