@@ -21,6 +21,7 @@ import re
 import subprocess
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,16 @@ log = logging.getLogger("motfm.study")
 STAGES = ("train", "evaluate", "report")
 
 
+THREADS: int | None = None  # threads of every job (--threads); None: the machine's default
+
+
 def _run(module: str, overrides: list[str], log_file: Path) -> float:
     """Run ``python -m <module> <overrides>`` (output into ``log_file``); returns its wall-clock seconds."""
     cmd = [sys.executable, "-m", module, *overrides]
     log_file.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), "HF_HUB_OFFLINE": "1"}
+    if THREADS is not None:
+        env.update(OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS))
     t0 = time.perf_counter()
     with open(log_file, "w") as out:
         out.write(" ".join(cmd) + "\n")
@@ -85,55 +91,89 @@ def resolve_overrides(study: Study, overrides: list[str], pairs: dict[str, dict[
     return [PLACEHOLDER.sub(path, o) for o in overrides]
 
 
-def train_models(study: Study, pairs: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
-    """Train every model that has not finished; returns ``{model: done record}`` (pairs made on the way go
-    into ``pairs``)."""
-    records = {}
+def train_model(study: Study, model: str, pairs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Train one model unless it has finished (an interrupted run resumes); returns its done record."""
+    overrides = resolve_overrides(study, study.models[model], pairs)
+    folder = train_dir(study, model)
+    done = folder / "done.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    last = folder / "checkpoints" / "last.ckpt"
+    resume = ["resume=auto"] if last.is_file() else []
+    log.info("training %s", model)
+    args = [*study.train_common, *overrides, *resume, f"hydra.run.dir={folder}", "logger=csv"]
+    seconds = _run("motfm.train", args, folder / "study_train.log")
+    record = {"model": model, "overrides": [*study.train_common, *overrides], "seconds": seconds}
+    record["threads"] = THREADS
+    if resume:
+        record["resumed"] = True
+    write_json(done, record)
+    return record
+
+
+def dependencies(study: Study, model: str) -> set[str]:
+    """The models whose checkpoints a model's overrides name (directly or through pairs)."""
+    needed = set()
+    for kind, name in PLACEHOLDER.findall(" ".join(study.models[model])):
+        needed.add(name if kind == "ckpt" else study.pairs[name]["teacher"])
+    return needed
+
+
+def train_models(
+    study: Study, pairs: dict[str, dict[str, Any]] | None = None, jobs: int = 1
+) -> dict[str, dict[str, Any]]:
+    """Train every model that has not finished, ``jobs`` at a time, each after the models it needs; returns
+    ``{model: done record}`` (pairs made on the way go into ``pairs``)."""
     pairs = {} if pairs is None else pairs
-    for model, overrides in study.models.items():
-        overrides = resolve_overrides(study, overrides, pairs)
-        folder = train_dir(study, model)
-        done = folder / "done.json"
-        if done.is_file():
-            records[model] = json.loads(done.read_text())
-            continue
-        last = folder / "checkpoints" / "last.ckpt"
-        resume = ["resume=auto"] if last.is_file() else []
-        log.info("training %s", model)
-        args = [*study.train_common, *overrides, *resume, f"hydra.run.dir={folder}", "logger=csv"]
-        seconds = _run("motfm.train", args, folder / "study_train.log")
-        records[model] = {"model": model, "overrides": [*study.train_common, *overrides], "seconds": seconds}
-        if resume:
-            records[model]["resumed"] = True
-        write_json(done, records[model])
-    return records
+    records: dict[str, dict[str, Any]] = {}
+    pending = list(study.models)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        running: dict[Future[dict[str, Any]], str] = {}
+        while pending or running:
+            ready = [m for m in pending if dependencies(study, m) <= set(records)]
+            while ready and len(running) < jobs:
+                model = ready.pop(0)
+                pending.remove(model)
+                running[pool.submit(train_model, study, model, pairs)] = model
+            if not running:
+                raise RuntimeError(f"models {pending} wait for models that never finish")
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                records[running.pop(future)] = future.result()
+    return {m: records[m] for m in study.models}
 
 
-def evaluate_models(study: Study) -> list[dict[str, Any]]:
-    """Evaluate every (model, sampler) that has not been; returns the rows of all ``metrics.json`` files."""
+def evaluate_run(study: Study, model: str, sampler: str, steps: list[int]) -> Path:
+    """Evaluate one (model, sampler) unless done; returns its ``metrics.json``."""
+    folder = study.out_dir / model / f"eval_{sampler}"
+    metrics = folder / "metrics.json"
+    if not metrics.is_file():
+        log.info("evaluating %s with %s at steps %s", model, sampler, steps)
+        steps_list = "[" + ",".join(str(s) for s in steps) + "]"
+        args = [
+            f"ckpt_path={checkpoint(study, model)}",
+            f"samplers=[{sampler}]",
+            f"steps={steps_list}",
+            *study.eval_common,
+            f"hydra.run.dir={folder}",
+        ]
+        _run("motfm.evaluate", args, folder / "study_evaluate.log")
+    return metrics
+
+
+def evaluate_models(study: Study, jobs: int = 1) -> list[dict[str, Any]]:
+    """Evaluate every (model, sampler), ``jobs`` at a time; returns the rows of all ``metrics.json`` files."""
+    runs = [(m, s, steps) for m, samplers in study.runs.items() for s, steps in samplers.items()]
+    if runs and jobs > 1:  # one run first: it fills the reference caches the others then read
+        evaluate_run(study, *runs[0])
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        files = list(pool.map(lambda run: evaluate_run(study, *run), runs))
     rows = []
-    for model, samplers in study.runs.items():
-        ckpt = checkpoint(study, model)
-        for sampler, steps in samplers.items():
-            folder = study.out_dir / model / f"eval_{sampler}"
-            metrics = folder / "metrics.json"
-            if not metrics.is_file():
-                log.info("evaluating %s with %s at steps %s", model, sampler, steps)
-                steps_list = "[" + ",".join(str(s) for s in steps) + "]"
-                args = [
-                    f"ckpt_path={ckpt}",
-                    f"samplers=[{sampler}]",
-                    f"steps={steps_list}",
-                    *study.eval_common,
-                    f"hydra.run.dir={folder}",
-                ]
-                _run("motfm.evaluate", args, folder / "study_evaluate.log")
-            result = json.loads(metrics.read_text())
-            for row in result["results"]:
-                rows.append({"model": model, **row})
-            rows_ref = result.get("reference")
-            if rows_ref is not None and not any(r.get("model") == "real" for r in rows):
-                rows.append({"model": "real", **rows_ref})
+    for (model, _, _), metrics in zip(runs, files):
+        result = json.loads(metrics.read_text())
+        rows += [{"model": model, **row} for row in result["results"]]
+        if result.get("reference") is not None and not any(r.get("model") == "real" for r in rows):
+            rows.append({"model": "real", **result["reference"]})
     return rows
 
 
@@ -178,6 +218,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", choices=STAGES, action="append", help="run only these stages")
     parser.add_argument("--dry-run", action="store_true", help="compose and build every model, train nothing")
     parser.add_argument("--override", action="append", default=[], help="extra training override (dry run)")
+    parser.add_argument("--jobs", type=int, default=1, help="trainings / evaluations run side by side")
+    parser.add_argument("--threads", type=int, help="threads of each job (e.g. 1 with --jobs 2 on 2 cores)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     study = load_study(args.study, args.out_dir)
@@ -187,12 +229,14 @@ def main(argv: list[str] | None = None) -> None:
         dry_run(study, args.override)
         return
     stages = args.only or list(STAGES)
+    global THREADS
+    THREADS = args.threads
     from motfm.study.report import write_results  # matplotlib only when reporting
 
     t0 = time.perf_counter()
     pairs: dict[str, dict[str, Any]] = {}
-    records = train_models(study, pairs) if "train" in stages else {}
-    rows = evaluate_models(study) if "evaluate" in stages or "report" in stages else []
+    records = train_models(study, pairs, args.jobs) if "train" in stages else {}
+    rows = evaluate_models(study, args.jobs) if "evaluate" in stages or "report" in stages else []
     if "report" in stages:
         for name in study.pairs:
             info = study.out_dir / "pairs" / name / "pairs.json"
