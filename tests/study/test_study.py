@@ -75,12 +75,29 @@ def test_metric_plot_is_written(tmp_path):
     assert (tmp_path / "fid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in EXPERIMENTS.glob("*/study*.yaml")) or ["none"])
-def test_committed_studies_parse(name):
-    if name == "none":
-        pytest.skip("no committed studies")
-    for path in EXPERIMENTS.glob(f"*/{name}"):
-        load_study(path)
+STUDIES = sorted(EXPERIMENTS.glob("*/study*.yaml"))
+# the GPU-sized studies read real datasets; their dry run swaps in the phantom of the same dimension
+PHANTOM = {
+    "study_camus_gpu.yaml": ["data=echo_phantom", "data.dataset.size=256"],
+    "study_msd_gpu.yaml": ["data=brain_phantom", "data.dataset.size=32"],
+}
+
+
+def test_experiments_have_studies():
+    assert {p.parent.name for p in STUDIES} >= {"speed_quality", "one_step"}
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_committed_studies_parse(path):
+    study = load_study(path)
+    assert study.runs and study.models
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_committed_studies_build_every_model(path, tmp_path):
+    study = load_study(path, out_dir=tmp_path)
+    assert dry_run(study, PHANTOM.get(path.name)) == list(study.models)
 
 
 @pytest.mark.slow

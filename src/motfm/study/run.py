@@ -20,6 +20,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -34,6 +35,7 @@ STAGES = ("train", "evaluate", "report")
 
 
 THREADS: int | None = None  # threads of every job (--threads); None: the machine's default
+_PAIRS_LOCK = threading.Lock()  # jobs side by side must not generate the same pairs twice
 
 
 def _run(module: str, overrides: list[str], log_file: Path) -> float:
@@ -84,8 +86,9 @@ def resolve_overrides(study: Study, overrides: list[str], pairs: dict[str, dict[
         kind, name = match.groups()
         if kind == "ckpt":
             return str(checkpoint(study, name))
-        if name not in pairs:
-            pairs[name] = make_pairs(study, name)
+        with _PAIRS_LOCK:
+            if name not in pairs:
+                pairs[name] = make_pairs(study, name)
         return str(study.out_dir / "pairs" / name)
 
     return [PLACEHOLDER.sub(path, o) for o in overrides]
@@ -177,6 +180,29 @@ def evaluate_models(study: Study, jobs: int = 1) -> list[dict[str, Any]]:
     return rows
 
 
+def dry_run_overrides(study: Study, model: str) -> list[str]:
+    """A model's overrides without what needs earlier results (checkpoints, pairs): a pairs student is built
+    on its teacher's data instead."""
+    overrides = [o for o in study.models[model] if not PLACEHOLDER.search(o) and o != "data=pairs"]
+    if "data=pairs" in study.models[model]:
+        for teacher in dependencies(study, model):
+            overrides += [o for o in dry_run_overrides(study, teacher) if o.startswith("data=")]
+    return overrides
+
+
+def replace_overrides(overrides: list[str], extra: list[str]) -> list[str]:
+    """``overrides`` with ``extra`` in place of the same keys; a replaced config group (``data=x``) also drops
+    the overrides under it (``data.dataset.root=...``), e.g. to dry-run a study on the phantoms."""
+    keys = {e.split("=", 1)[0] for e in extra}
+    groups = {k for k in keys if "." not in k}
+
+    def replaced(o: str) -> bool:
+        key = o.split("=", 1)[0].lstrip("+~")
+        return key in keys or any(key.startswith(g + ".") for g in groups)
+
+    return [o for o in overrides if not replaced(o)] + list(extra)
+
+
 def dry_run(study: Study, extra: list[str] | None = None) -> list[str]:
     """Compose each model's training config and build its module on the data; returns the model names."""
     from hydra import compose, initialize_config_dir
@@ -188,18 +214,11 @@ def dry_run(study: Study, extra: list[str] | None = None) -> list[str]:
 
     conf_dir = str(Path(__file__).resolve().parents[3] / "conf")
     built = []
-    for model, overrides in study.models.items():
+    for model in study.models:
+        overrides = replace_overrides([*study.train_common, *dry_run_overrides(study, model)], extra or [])
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
-            cfg = compose(
-                "train",
-                [
-                    *study.train_common,
-                    *overrides,
-                    *(extra or []),
-                    f"paths.output_dir={study.out_dir / model}",
-                ],
-            )
+            cfg = compose("train", [*overrides, f"paths.output_dir={study.out_dir / model}"])
         validate_train_config(cfg)
         spec = instantiate(cfg.data, seed=cfg.seed).spec
         module = GenerativeModule.from_config(cfg, spec)
