@@ -77,7 +77,8 @@ class GenerativeModule(L.LightningModule):
             (every step on a CPU, where reading them costs nothing).
         seed: the run's seed; the noise, times and label dropout of step ``s`` on rank ``r`` come from a
             generator seeded by ``(seed, s, r)``, so a resumed run draws exactly what the original would have.
-        compile: ``torch.compile`` the network for training (the state dict keeps its plain names).
+        compile: ``torch.compile`` the network for training (``True``: the default inductor backend; a string:
+            that backend); the state dict keeps its plain names, so checkpoints load into eager networks.
         config: the resolved run configuration (stored in checkpoints).
     """
 
@@ -94,7 +95,7 @@ class GenerativeModule(L.LightningModule):
         max_nonfinite_steps: int = 10,
         nonfinite_check_every: int = 100,
         seed: int = 0,
-        compile: bool = False,
+        compile: bool | str = False,
         config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -111,7 +112,7 @@ class GenerativeModule(L.LightningModule):
         self.max_nonfinite_steps = max_nonfinite_steps
         self.nonfinite_check_every = nonfinite_check_every
         self.seed = seed
-        self.compile = compile
+        self.compile_backend = "inductor" if compile is True else (compile or None)
         self.config = config or {}
         self.nonfinite_total = 0
         self._loss_finite: Tensor | None = None
@@ -141,9 +142,10 @@ class GenerativeModule(L.LightningModule):
         )
 
     def configure_model(self) -> None:
-        """Compile the training network once it is on its device (``compile=True``)."""
-        if self.compile and not getattr(self, "_compiled", False):
-            self.net.compile()  # in place: parameter names stay free of the ``_orig_mod.`` prefix
+        """Compile the training network once it is on its device (``compile=true`` or a backend name)."""
+        if self.compile_backend and not getattr(self, "_compiled", False):
+            # in place: parameter names stay free of the ``_orig_mod.`` prefix
+            self.net.compile(backend=self.compile_backend)
             self._compiled = True
 
     def conditions(self, batch: dict[str, Any]) -> tuple[Tensor | None, Tensor | None]:
