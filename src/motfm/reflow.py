@@ -74,7 +74,7 @@ def generate_pairs(cfg: DictConfig) -> dict[str, Any]:
         shard = parts / f"part_{start:06d}.pt"
         if shard.exists():
             continue
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with torch.inference_mode(), autocast(device, precision.name):
             noise = SampleNoise(shape, indices, cfg.seed, device)
             cond, mask = conditions.for_indices(indices, device)
@@ -82,7 +82,7 @@ def generate_pairs(cfg: DictConfig) -> dict[str, Any]:
                 model.net, noise, sampler, cfg.steps, cond, mask, cfg.guidance_scale, options
             )
         images = result.x.float().clamp(-1, 1).cpu()
-        seconds = time.perf_counter() - t0
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
         labels, masks = conditions.for_indices(indices, "cpu")
         with atomic_path(shard) as tmp:
             torch.save(
@@ -94,6 +94,7 @@ def generate_pairs(cfg: DictConfig) -> dict[str, Any]:
                     "masks": None if masks is None else masks.to(torch.uint8),
                     "nfe": result.nfe,
                     "seconds": seconds,
+                    "cpu_seconds": cpu_seconds,
                 },
                 tmp,
             )
@@ -117,6 +118,7 @@ def generate_pairs(cfg: DictConfig) -> dict[str, Any]:
         "device": str(device),
         # the whole generation, interrupted runs included: each shard records its own time
         "generation_seconds": sum(float(part["seconds"]) for part in shards),
+        "generation_cpu_seconds": sum(float(part["cpu_seconds"]) for part in shards),
         "torch": torch.__version__,
     }
     write_json(out_dir / "pairs.json", info)

@@ -8,6 +8,7 @@ default) holds the resolved config, checkpoints (``checkpoints/last.ckpt``), sam
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -18,6 +19,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from motfm.cli import readable_errors
+from motfm.io.atomic import write_json
 from motfm.lit.module import GenerativeModule
 from motfm.runtime import trainer_precision
 from motfm.sweeps import trial_value
@@ -35,7 +37,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         cfg: the composed configuration.
 
     Returns:
-        ``{"metrics": {...}, "last_ckpt": path or None, "output_dir": path}``.
+        ``{"metrics": {...}, "last_ckpt": path or None, "output_dir": path, "global_step": int}``, also
+        written to ``result.json`` in the run folder (rank 0).
     """
     validate_train_config(cfg)
     ckpt_path = resolve_resume(cfg)
@@ -74,7 +77,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("final metrics: %s", metrics)
     if last:
         log.info("last checkpoint: %s", last)
-    return {"metrics": metrics, "last_ckpt": last or None, "output_dir": cfg.paths.output_dir}
+    result = {
+        "metrics": metrics,
+        "last_ckpt": last or None,
+        "output_dir": cfg.paths.output_dir,
+        "global_step": trainer.global_step,
+    }
+    if trainer.is_global_zero:
+        write_json(Path(cfg.paths.output_dir) / "result.json", result)
+    return result
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")

@@ -90,3 +90,15 @@ def test_a_compiled_run_writes_checkpoints_an_eager_network_loads(tmp_path):
         )
     )
     assert read_checkpoint(resumed["last_ckpt"])["global_step"] == 3
+
+
+def test_compute_budget_stops_training_and_saves_the_last_step(tmp_path):
+    cfg = compose_config(
+        "train",
+        [*TINY_2D, "trainer.max_epochs=-1", "callbacks.compute_budget.cpu_seconds=0.5"],
+        tmp_path,
+    )
+    result = train(cfg)
+    ckpt = read_checkpoint(result["last_ckpt"])
+    assert 1 <= ckpt["global_step"] < 1000
+    assert result["metrics"]["train/cpu_seconds"] >= 0.5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,32 @@ class SampleGrid(L.Callback):
             elif isinstance(logger, TensorBoardLogger):
                 layout = "HW" if picture.ndim == 2 else "HWC"
                 logger.experiment.add_image("samples", picture, trainer.global_step, dataformats=layout)
+
+
+class ComputeBudget(L.Callback):
+    """Stop training once this process has used ``cpu_seconds`` of CPU time (``time.process_time``).
+
+    Equal compute for every arm of a comparison even when the machine is shared: unlike a wall-clock limit
+    (``trainer.max_time``) it does not charge a run for time other processes took. With one thread per run it
+    is the run's core-seconds. ``None`` disables it.
+
+    Args:
+        cpu_seconds: the budget.
+    """
+
+    def __init__(self, cpu_seconds: float | None = None) -> None:
+        self.cpu_seconds = cpu_seconds
+        self.start = time.process_time()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        """The budget counts from here (data and network set-up excluded, as for every arm)."""
+        self.start = time.process_time()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        """Ask the trainer to stop when the budget is spent (checked after every step)."""
+        used = time.process_time() - self.start
+        if self.cpu_seconds is not None and used >= self.cpu_seconds:
+            trainer.should_stop = True
+        pl_module.log("train/cpu_seconds", used)

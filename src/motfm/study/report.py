@@ -85,7 +85,15 @@ def write_results(
         "pairs": {
             name: {
                 k: p.get(k)
-                for k in ("teacher_ckpt", "num_pairs", "sampler", "steps", "nfe", "generation_seconds")
+                for k in (
+                    "teacher_ckpt",
+                    "num_pairs",
+                    "sampler",
+                    "steps",
+                    "nfe",
+                    "generation_seconds",
+                    "generation_cpu_seconds",
+                )
             }
             for name, p in (pairs or {}).items()
         },
@@ -107,11 +115,8 @@ def write_results(
         "## Training",
         "",
         markdown_table(
-            [
-                {"model": m, "seconds": r.get("seconds"), "overrides": " ".join(r.get("overrides", []))}
-                for m, r in records.items()
-            ],
-            ["model", "seconds", "overrides"],
+            [{**r, "model": m, "overrides": " ".join(r.get("overrides", []))} for m, r in records.items()],
+            ["model", "steps", "seconds", "cpu_seconds", "overrides"],
         ),
         "",
         *(
@@ -120,7 +125,15 @@ def write_results(
                 "",
                 markdown_table(
                     [{"pairs": n, **p} for n, p in result["pairs"].items()],
-                    ["pairs", "num_pairs", "sampler", "steps", "nfe", "generation_seconds"],
+                    [
+                        "pairs",
+                        "num_pairs",
+                        "sampler",
+                        "steps",
+                        "nfe",
+                        "generation_seconds",
+                        "generation_cpu_seconds",
+                    ],
                 ),
                 "",
             ]

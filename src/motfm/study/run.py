@@ -106,7 +106,14 @@ def train_model(study: Study, model: str, pairs: dict[str, dict[str, Any]]) -> d
     log.info("training %s", model)
     args = [*study.train_common, *overrides, *resume, f"hydra.run.dir={folder}", "logger=csv"]
     seconds = _run("motfm.train", args, folder / "study_train.log")
-    record = {"model": model, "overrides": [*study.train_common, *overrides], "seconds": seconds}
+    result = json.loads((folder / "result.json").read_text())
+    record = {
+        "model": model,
+        "overrides": [*study.train_common, *overrides],
+        "seconds": seconds,
+        "steps": result["global_step"],
+        "cpu_seconds": result["metrics"].get("train/cpu_seconds"),
+    }
     record["threads"] = THREADS
     if resume:
         record["resumed"] = True
