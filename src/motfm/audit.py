@@ -47,7 +47,7 @@ from motfm.cli import readable_errors
 from motfm.data.base import MotfmDataset
 from motfm.evaluation.audit_report import audit_markdown, closest_pairs_picture
 from motfm.evaluation.errors import InputError
-from motfm.evaluation.generation import generate_set, reference_conditions
+from motfm.evaluation.generation import generate_for, reference_conditions, sampler_settings
 from motfm.evaluation.inputs import (
     GeneratedSet,
     Reference,
@@ -79,8 +79,7 @@ from motfm.metrics.report import (
     reference_cache_stem,
     reference_features,
 )
-from motfm.runtime import pick_device, resolve_precision
-from motfm.sample import sampler_options
+from motfm.runtime import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -101,22 +100,10 @@ def audited_samples(cfg: DictConfig, source: Source, heldout: Reference) -> Gene
         )
     model = source.model
     sampler = cfg.sampler or model.objective.default_samplers[0]
-    model.objective.check_sampler(sampler, cfg.steps)
-    steps = cfg.steps if model.objective.needs_steps(sampler) else None
+    settings = sampler_settings(model.objective, [sampler], [cfg.steps])
     conditions = reference_conditions(model, heldout, cfg.heldout_split)
-    precision = resolve_precision(cfg.precision, next(model.net.parameters()).device, model.spec.spatial_dims)
-    return generate_set(
-        model,
-        conditions,
-        sampler,
-        steps,
-        cfg.num_samples,
-        cfg.batch_size,
-        cfg.seed,
-        cfg.guidance_scale,
-        precision.name,
-        sampler_options(cfg),
-    )
+    (generated,) = generate_for(cfg, model, conditions, settings)
+    return generated
 
 
 def space_statistics(

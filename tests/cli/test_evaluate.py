@@ -216,11 +216,12 @@ def test_cli_missing_extractor_exit_code(ckpt_2d, tmp_path):
     assert not (out / "metrics.json").exists()
 
 
-def test_missing_samples_exit_with_one_line(tmp_path):
+def test_missing_samples_exit_with_one_line(tmp_path, capsys):
     missing = tmp_path / "no_samples"
     cfg = compose_config("evaluate", [f"samples={missing}", f"out_dir={tmp_path / 'out'}"], tmp_path / "out")
     with pytest.raises(SystemExit) as exit_info:
         main.__wrapped__(cfg)
-    message = str(exit_info.value.code)
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip()
     assert message.startswith("error:") and str(missing) in message and "\n" not in message
     assert not (tmp_path / "out" / "metrics.json").exists()

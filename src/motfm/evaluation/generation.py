@@ -86,25 +86,28 @@ def generate_set(
     return GeneratedSet(torch.cat(batches), indices_t, labels, masks, info)
 
 
-def sampler_settings(cfg: DictConfig, objective: Objective) -> list[tuple[str, int | None]]:
-    """``(sampler, steps)`` for every ``cfg.samplers`` x ``cfg.steps`` pair (``samplers: null``: the method's
-    defaults; adaptive solvers once, without steps), each checked against the method.
+def sampler_settings(
+    objective: Objective, samplers: list[str] | None, steps: list[int]
+) -> list[tuple[str, int | None]]:
+    """``(sampler, steps)`` for every sampler x steps pair (``samplers=None``: the method's defaults; adaptive
+    solvers once, without steps), each checked against the method.
 
     Raises:
         SamplerError: a sampler of another method, or a bad step count (before any work).
     """
     settings = []
-    for sampler in list(cfg.get("samplers") or objective.default_samplers):
-        for steps in list(cfg.steps) if objective.needs_steps(sampler) else [None]:
-            objective.check_sampler(sampler, None if steps is None else int(steps))
-            settings.append((sampler, None if steps is None else int(steps)))
+    for sampler in list(samplers or objective.default_samplers):
+        for n in list(steps) if objective.needs_steps(sampler) else [None]:
+            objective.check_sampler(sampler, None if n is None else int(n))
+            settings.append((sampler, None if n is None else int(n)))
     return settings
 
 
-def generate_sets(cfg: DictConfig, model: LoadedModel, reference: Reference) -> Iterator[GeneratedSet]:
-    """Yield a :class:`GeneratedSet` per sampler x steps pair of the config, conditioned on the reference."""
-    conditions = reference_conditions(model, reference, cfg.ref_split)
-    settings = sampler_settings(cfg, model.objective)
+def generate_for(
+    cfg: DictConfig, model: LoadedModel, conditions: Conditions, settings: list[tuple[str, int | None]]
+) -> Iterator[GeneratedSet]:
+    """A :class:`GeneratedSet` per ``(sampler, steps)`` setting, with the precision, CUDA-graph / compile
+    options, sampler options, ``num_samples``, ``batch_size``, ``seed`` and ``guidance_scale`` of ``cfg``."""
     device = next(model.net.parameters()).device
     precision = resolve_precision(cfg.precision, device, model.spec.spatial_dims)
     net = sampling_net(model.net, cfg.get("cuda_graphs", False), cfg.get("compile", False))
@@ -124,3 +127,9 @@ def generate_sets(cfg: DictConfig, model: LoadedModel, reference: Reference) -> 
         )
         generated.info["compute_precision"] = precision.name
         yield generated
+
+
+def generate_sets(cfg: DictConfig, model: LoadedModel, reference: Reference) -> Iterator[GeneratedSet]:
+    """Yield a :class:`GeneratedSet` per sampler x steps pair of the config, conditioned on the reference."""
+    settings = sampler_settings(model.objective, cfg.get("samplers"), list(cfg.steps))
+    yield from generate_for(cfg, model, reference_conditions(model, reference, cfg.ref_split), settings)

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from motfm.nn.velocity import batch_time
+
 log = logging.getLogger(__name__)
 
 _INPUTS = ("x", "t", "r", "cond", "mask")
@@ -75,13 +77,10 @@ class CapturedNet:
         mask: Tensor | None = None,
     ) -> Tensor:
         """The network's output for these inputs (shapes as in :meth:`VelocityNet.forward`)."""
-        b = x.shape[0]
         inputs = {
             "x": x,
-            "t": torch.as_tensor(t, device=x.device, dtype=torch.float32).expand(b).contiguous(),
-            "r": None
-            if r is None
-            else torch.as_tensor(r, device=x.device, dtype=torch.float32).expand(b).contiguous(),
+            "t": batch_time(t, x, "t").contiguous(),
+            "r": None if r is None else batch_time(r, x, "r").contiguous(),
             "cond": cond,
             "mask": mask,
         }

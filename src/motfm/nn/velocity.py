@@ -21,6 +21,22 @@ from motfm.nn.unet import UNet, UNetConfig
 CONDITIONINGS = ("class", "mask")
 
 
+def batch_time(t: Tensor | float, x: Tensor, name: str = "t") -> Tensor:
+    """A time (or ``r``) as ``[B]`` on ``x``'s device: float32, or float64 for float64 ``x``.
+
+    Args:
+        t: a scalar or ``[B]``.
+        x: the batch ``[B, ...]`` it belongs to.
+        name: named in the error.
+    """
+    b = x.shape[0]
+    t = torch.as_tensor(t, device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
+    t = t.expand(b) if t.ndim == 0 else t
+    if t.shape != (b,):
+        raise ValueError(f"{name} must be a scalar or have shape [B]=[{b}], got {tuple(t.shape)}")
+    return t
+
+
 class VelocityNet(nn.Module):
     """A UNet velocity field with optional class (cross-attention) and mask (ControlNet) conditioning.
 
@@ -143,10 +159,9 @@ class VelocityNet(nn.Module):
             The velocity, same shape as ``x``.
         """
         b = x.shape[0]
-        time_dtype = torch.promote_types(x.dtype, torch.float32)  # float32, or float64 for float64 inputs
-        t = self._batch_time(t, b, x, time_dtype, "t")
+        t = batch_time(t, x, "t")
         if r is not None:
-            r = self._batch_time(r, b, x, time_dtype, "r")
+            r = batch_time(r, x, "r")
         self.unet.check_input(x)
         x = x.contiguous(memory_format=self.memory_format)
         context = self.context(cond, b, x.device)
@@ -160,14 +175,6 @@ class VelocityNet(nn.Module):
         elif mask is not None:
             raise ValueError("this model is not mask-conditional, but a mask was given")
         return self.unet(x, t, context, down, mid, r=r)
-
-    @staticmethod
-    def _batch_time(t: Tensor | float, b: int, x: Tensor, dtype: torch.dtype, name: str) -> Tensor:
-        t = torch.as_tensor(t, device=x.device, dtype=dtype)
-        t = t.expand(b) if t.ndim == 0 else t
-        if t.shape != (b,):
-            raise ValueError(f"{name} must be a scalar or have shape [B]=[{b}], got {tuple(t.shape)}")
-        return t
 
 
 def build_velocity_net(

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from motfm.flow.solvers import SampleResult, seed_for, seeded_noise
+from motfm.flow.solvers import SampleResult, guided_velocity, seed_for, seeded_noise
 
 
 class SamplerError(ValueError):
@@ -193,7 +193,6 @@ class Objective(ABC):
             ``(scalar loss, extra values to log)``.
         """
 
-    @abstractmethod
     def sample(
         self,
         net: NetFn,
@@ -219,4 +218,29 @@ class Objective(ABC):
 
         Returns:
             The :class:`SampleResult`; ``x`` is not clamped, ``nfe`` counts every network evaluation.
+        """
+        self.check_sampler(sampler, steps)
+        null = net.null_cond(noise.x0.shape[0], noise.x0.device) if cond is not None else None
+        fn, evals = guided_velocity(net, cond, mask, guidance_scale, null)
+        return self.run_sampler(fn, evals, noise, sampler, steps, options or SamplerOptions())
+
+    @abstractmethod
+    def run_sampler(
+        self,
+        fn: NetFn,
+        evals_per_call: int,
+        noise: SampleNoise,
+        sampler: str,
+        steps: int | None,
+        options: SamplerOptions,
+    ) -> SampleResult:
+        """Run a (checked) sampler from ``noise.x0``.
+
+        Args:
+            fn: ``fn(x, t, **extra)``, the network with its conditions bound and guidance applied.
+            evals_per_call: network evaluations one call of ``fn`` costs (2 with guidance).
+            noise: the seeded noise.
+            sampler: one of :attr:`samplers`.
+            steps: sampler steps.
+            options: sampler options.
         """

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from motfm.diffusion.samplers import DIFFUSION_SAMPLERS, diffusion_sample
 from motfm.diffusion.schedules import NoiseSchedule, check_prediction
-from motfm.flow.solvers import SampleResult, guided_velocity
+from motfm.flow.solvers import SampleResult
 from motfm.objectives.base import NetFn, Objective, SampleNoise, SamplerOptions
 
 
@@ -74,24 +74,18 @@ class Diffusion(Objective):
         target = self.schedule.target(x0, eps, k, self.prediction)
         return torch.mean((out.float() - target.float()) ** 2), {}
 
-    def sample(
+    def run_sampler(
         self,
-        net: NetFn,
+        fn: NetFn,
+        evals_per_call: int,
         noise: SampleNoise,
         sampler: str,
         steps: int | None,
-        cond: Tensor | None = None,
-        mask: Tensor | None = None,
-        guidance_scale: float = 1.0,
-        options: SamplerOptions | None = None,
+        options: SamplerOptions,
     ) -> SampleResult:
         """Run a diffusion sampler from ``noise.x0`` (the same noise flow matching starts from)."""
-        self.check_sampler(sampler, steps)
-        options = options or SamplerOptions()
-        null = net.null_cond(noise.x0.shape[0], noise.x0.device) if cond is not None else None
-        guided, evals = guided_velocity(net, cond, mask, guidance_scale, null)
         x, calls = diffusion_sample(
-            lambda x, k: guided(x, self.schedule.net_time(k)),
+            lambda x, k: fn(x, self.schedule.net_time(k)),
             noise.x0,
             self.schedule,
             sampler,
@@ -101,4 +95,4 @@ class Diffusion(Objective):
             clip_x0=self.clip_x0,
             eta=options.eta if sampler == "ddim" else 0.0,
         )
-        return SampleResult(x=x, nfe=calls * evals)
+        return SampleResult(x=x, nfe=calls * evals_per_call)

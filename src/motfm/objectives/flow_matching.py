@@ -15,32 +15,8 @@ from torch import Tensor
 
 from motfm.flow.coupling import Coupling
 from motfm.flow.paths import CondOTPath, TimeSampler
-from motfm.flow.solvers import (
-    ADAPTIVE_SOLVERS,
-    FIXED_STEP_SOLVERS,
-    SampleResult,
-    guided_velocity,
-    integrate,
-    time_grid,
-)
+from motfm.flow.solvers import ADAPTIVE_SOLVERS, FIXED_STEP_SOLVERS, SampleResult, integrate, time_grid
 from motfm.objectives.base import NetFn, Objective, SampleNoise, SamplerOptions
-
-
-def integrate_flow(
-    velocity: NetFn,
-    noise: SampleNoise,
-    sampler: str,
-    steps: int | None,
-    evals_per_call: int,
-    options: SamplerOptions,
-) -> SampleResult:
-    """Integrate a (bound, guided) velocity field ``velocity(x, t)`` with an ODE solver of the suite."""
-    if sampler in ADAPTIVE_SOLVERS:
-        return integrate(
-            velocity, noise.x0, sampler, 1, options.rtol, options.atol, evals_per_call=evals_per_call
-        )
-    grid = time_grid(steps, options.time_grid, options.shift, options.rho)  # on the host
-    return integrate(velocity, noise.x0, sampler, steps, evals_per_call=evals_per_call, grid=grid)
 
 
 class FlowMatching(Objective):
@@ -102,19 +78,19 @@ class FlowMatching(Objective):
         x0 = self.coupling(x0, x1)
         return self.flow_loss(net, x0, x1, cond, mask, generator), {}
 
-    def sample(
+    def run_sampler(
         self,
-        net: NetFn,
+        fn: NetFn,
+        evals_per_call: int,
         noise: SampleNoise,
         sampler: str,
         steps: int | None,
-        cond: Tensor | None = None,
-        mask: Tensor | None = None,
-        guidance_scale: float = 1.0,
-        options: SamplerOptions | None = None,
+        options: SamplerOptions,
     ) -> SampleResult:
         """Integrate the (guided) velocity field from ``noise.x0`` at t=0 to t=1."""
-        self.check_sampler(sampler, steps)
-        null = net.null_cond(noise.x0.shape[0], noise.x0.device) if cond is not None else None
-        velocity, evals = guided_velocity(net, cond, mask, guidance_scale, null)
-        return integrate_flow(velocity, noise, sampler, steps, evals, options or SamplerOptions())
+        if sampler in ADAPTIVE_SOLVERS:
+            return integrate(
+                fn, noise.x0, sampler, 1, options.rtol, options.atol, evals_per_call=evals_per_call
+            )
+        grid = time_grid(steps, options.time_grid, options.shift, options.rho)  # on the host
+        return integrate(fn, noise.x0, sampler, steps, evals_per_call=evals_per_call, grid=grid)

@@ -37,7 +37,7 @@ from torch.func import jvp
 
 from motfm.flow.coupling import Coupling
 from motfm.flow.paths import TimeSampler, expand_time
-from motfm.flow.solvers import SampleResult, guided_velocity, time_grid
+from motfm.flow.solvers import SampleResult, time_grid
 from motfm.nn.forward_ad import forward_ad_mode
 from motfm.objectives.base import NetFn, Objective, SampleNoise, SamplerOptions
 
@@ -173,25 +173,19 @@ class MeanFlow(Objective):
         weight = 1.0 / (sq.detach() + self.adaptive_c) ** self.adaptive_p
         return (weight * sq).mean(), {"mse": mse.detach()}
 
-    def sample(
+    def run_sampler(
         self,
-        net: NetFn,
+        fn: NetFn,
+        evals_per_call: int,
         noise: SampleNoise,
         sampler: str,
         steps: int | None,
-        cond: Tensor | None = None,
-        mask: Tensor | None = None,
-        guidance_scale: float = 1.0,
-        options: SamplerOptions | None = None,
+        options: SamplerOptions,
     ) -> SampleResult:
         """Jump from t=0 to t=1 in ``steps`` average-velocity steps (1 step: one network evaluation)."""
-        self.check_sampler(sampler, steps)
-        options = options or SamplerOptions()
         x = noise.x0
-        null = net.null_cond(x.shape[0], x.device) if cond is not None else None
-        u, evals = guided_velocity(net, cond, mask, guidance_scale, null)
         grid = time_grid(steps, options.time_grid, options.shift, options.rho, x.device)
         for i in range(steps):
             t0, t1 = grid[i].expand(x.shape[0]), grid[i + 1].expand(x.shape[0])
-            x = x + expand_time(t1 - t0, x) * u(x, t0, r=t1).to(x.dtype)
-        return SampleResult(x=x, nfe=steps * evals)
+            x = x + expand_time(t1 - t0, x) * fn(x, t0, r=t1).to(x.dtype)
+        return SampleResult(x=x, nfe=steps * evals_per_call)

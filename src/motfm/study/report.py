@@ -29,6 +29,7 @@ from motfm.study.spec import Study  # noqa: E402
 
 log = logging.getLogger(__name__)
 
+PAIRS_COLUMNS = ("num_pairs", "sampler", "steps", "nfe", "generation_seconds", "generation_cpu_seconds")
 LOWER_IS_BETTER = {"fid", "kid", "mmd_rbf", "cmmd", "ms_ssim"}
 ERRORS = {"fid": "fid_std", "kid": "kid_std"}
 
@@ -83,19 +84,7 @@ def write_results(
         "machine": info,
         "train": records,
         "pairs": {
-            name: {
-                k: p.get(k)
-                for k in (
-                    "teacher_ckpt",
-                    "num_pairs",
-                    "sampler",
-                    "steps",
-                    "nfe",
-                    "generation_seconds",
-                    "generation_cpu_seconds",
-                )
-            }
-            for name, p in (pairs or {}).items()
+            name: {k: p.get(k) for k in ("teacher_ckpt", *PAIRS_COLUMNS)} for name, p in (pairs or {}).items()
         },
         "seconds_this_invocation": seconds,
         "rows": rows,
@@ -125,15 +114,7 @@ def write_results(
                 "",
                 markdown_table(
                     [{"pairs": n, **p} for n, p in result["pairs"].items()],
-                    [
-                        "pairs",
-                        "num_pairs",
-                        "sampler",
-                        "steps",
-                        "nfe",
-                        "generation_seconds",
-                        "generation_cpu_seconds",
-                    ],
+                    ["pairs", *PAIRS_COLUMNS],
                 ),
                 "",
             ]
