@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CPU wheel used by CI and the demo; GPU users: make install TORCH="torch==2.5.1" (any >= 2.3).
+# The CPU wheel used by CI and the demo; GPU users: make install TORCH="torch==2.5.1" (any >= 2.4).
 TORCH ?= torch==2.13.0
 DEMO_DIR ?= outputs/demo
 
@@ -31,7 +31,7 @@ demo: install
 	$(BIN)/python -m motfm.sample ckpt_path=$(DEMO_DIR)/train/checkpoints/last.ckpt \
 		num_samples=64 batch_size=64 steps=10 hydra.run.dir=$(DEMO_DIR)/samples
 	$(BIN)/python -m motfm.evaluate ckpt_path=$(DEMO_DIR)/train/checkpoints/last.ckpt \
-		steps=[1,5,10] solvers=[euler] num_samples=64 num_ref=128 hydra.run.dir=$(DEMO_DIR)/evaluate
+		steps=[1,5,10] samplers=[euler] num_samples=64 num_ref=128 hydra.run.dir=$(DEMO_DIR)/evaluate
 	@echo "demo outputs in $(DEMO_DIR): train/checkpoints, train/samples/*.png, samples/grid.png," \
 		"samples/samples.npz, evaluate/metrics.md"
 
