@@ -1,0 +1,206 @@
+"""The tables and the plot of a downstream experiment: ``results.json``, ``results.md`` and
+``dice_vs_nfe.png`` (Dice and accuracy of every regime against the generator's NFE).
+
+Every cell is summarised over its seeds by the mean and the sample standard deviation (``ddof = 1``; 0 for a
+single seed), with the per-seed values kept in ``results.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from motfm.data.base import DataSpec
+from motfm.downstream.regimes import REGIMES
+from motfm.downstream.spec import Experiment
+from motfm.io.atomic import atomic_path, write_json
+
+REGIME_TEXT = {
+    "real": "small real subset",
+    "real_matched": "real images of the synthetic items' masks (reference)",
+    "synthetic": "synthetic only",
+    "both": "small real subset + synthetic",
+}
+
+
+def summary(values: list[float]) -> dict[str, Any]:
+    """``{"mean", "std", "values"}`` of per-seed values (sample std, 0 for one value)."""
+    arr = np.asarray(values, dtype=np.float64)
+    return {
+        "mean": float(arr.mean()),
+        "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
+        "values": [float(v) for v in arr],
+    }
+
+
+def aggregate(exp: Experiment, records: list[dict[str, Any]], spec: DataSpec) -> list[dict[str, Any]]:
+    """One row per (regime, generator) cell, in the order real, real_matched, synthetic, both (generators in
+    the file's order), each with its Dice per label, mean Dice and accuracy over the seeds."""
+    cells: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
+    for r in sorted(records, key=lambda r: r["seed"]):
+        cells.setdefault((r["regime"], r["generator"]), []).append(r)
+    order = {name: i for i, name in enumerate(exp.generators)}
+    keys = sorted(
+        cells, key=lambda k: (REGIMES.index(k[0]) if k[0] != "real_matched" else 0.5, order.get(k[1], -1))
+    )
+    rows = []
+    for regime, generator in keys:
+        runs = cells[(regime, generator)]
+        gen = exp.generators.get(generator) if generator else None
+        rows.append(
+            {
+                "regime": regime,
+                "generator": generator,
+                "checkpoint": gen.checkpoint if gen else None,
+                "sampler": gen.sampler if gen else None,
+                "steps": gen.steps if gen else None,
+                "num_real": runs[0]["num_real"],
+                "num_synthetic": runs[0]["num_synthetic"],
+                "seeds": [r["seed"] for r in runs],
+                "dice": {
+                    n: summary([r["dice"][n] for r in runs]) for n in [*spec.mask_label_names[1:], "mean"]
+                },
+                "accuracy": summary([r["accuracy"] for r in runs]),
+                "train_seconds": float(np.mean([r["seconds"] for r in runs])),
+            }
+        )
+    return rows
+
+
+def generation_summary(exp: Experiment, generation: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per generator: sampler, steps, NFE, number of images and the time it took to generate them."""
+    out = {}
+    for name, info in generation.items():
+        gen = exp.generators[name]
+        out[name] = {
+            "checkpoint": gen.checkpoint,
+            "sampler": gen.sampler,
+            "steps": gen.steps,
+            "nfe": int(info["nfe"]),
+            "images": int(info["num_images"]),
+            "seconds": float(info["seconds"]),
+        }
+    return out
+
+
+def _pm(s: dict[str, Any], digits: int = 3) -> str:
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The results table (and the generation costs) as markdown."""
+    labels = results["dice_labels"]
+    gens = results["generators"]
+    run, protocol = results["run"], results["protocol"]
+    lines = [
+        f"# Downstream: {results['name']}",
+        "",
+        f"{run['date']}; {run['machine']['processor']}, {run['machine']['cpu_count']} CPUs, "
+        f"torch {run['machine']['torch']}, {run['device']}, {run['threads']} thread(s); "
+        f"load average at start {run['machine']['load_average']}, at end {run['load_average_end']}; "
+        f"{run['wall_seconds'] / 60:.1f} min in total.",
+        f"Test: {run['test_items']} real items of the '{protocol['test_split']}' split; "
+        f"mean ± std over seeds {protocol['seeds']}.",
+        "",
+        "| regime | generator | NFE | real + synthetic items | "
+        + " | ".join(f"Dice {n}" for n in labels)
+        + " | Dice mean | accuracy |",
+        "|---|---|---|---|" + "---|" * len(labels) + "---|---|",
+    ]
+    for row in results["rows"]:
+        g = row["generator"]
+        nfe = str(gens[g]["nfe"]) if g in gens else "-"
+        name = f"{g} ({row['sampler']}, {row['steps']} steps)" if g else "-"
+        lines.append(
+            f"| {row['regime']} | {name} | {nfe} | {row['num_real']} + {row['num_synthetic']} | "
+            + " | ".join(_pm(row["dice"][n]) for n in labels)
+            + f" | {_pm(row['dice']['mean'])} | {_pm(row['accuracy'])} |"
+        )
+    lines += ["", "Regimes: " + "; ".join(f"**{k}**: {v}" for k, v in REGIME_TEXT.items()) + ".", ""]
+    if gens:
+        lines += [
+            "| generator | checkpoint | sampler | steps | NFE | images | generation seconds |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {n} | {g['checkpoint']} | {g['sampler']} | {g['steps']} | {g['nfe']} | {g['images']} | "
+            f"{g['seconds']:.1f} |"
+            for n, g in gens.items()
+        ]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Mean Dice and accuracy against NFE: a line per checkpoint and regime (synthetic solid, both dashed),
+    the real regimes as horizontal bands (mean ± std)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gens = results["generators"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, (metric, title) in zip(
+        axes, (("dice", "mean Dice (real test)"), ("accuracy", "accuracy (real test)"))
+    ):
+        for row in results["rows"]:
+            if row["generator"] is None:
+                s = row["dice"]["mean"] if metric == "dice" else row["accuracy"]
+                color = "black" if row["regime"] == "real" else "grey"
+                ax.axhline(s["mean"], color=color, lw=1, label=f"{row['regime']} ({row['num_real']} real)")
+                ax.axhspan(s["mean"] - s["std"], s["mean"] + s["std"], color=color, alpha=0.15)
+        for ckpt in sorted({g["checkpoint"] for g in gens.values()}):
+            for regime, style in (("synthetic", "-"), ("both", "--")):
+                rows = [r for r in results["rows"] if r["regime"] == regime and r["checkpoint"] == ckpt]
+                if not rows:
+                    continue
+                nfe = [gens[r["generator"]]["nfe"] for r in rows]
+                stats = [r["dice"]["mean"] if metric == "dice" else r["accuracy"] for r in rows]
+                ax.errorbar(
+                    nfe,
+                    [s["mean"] for s in stats],
+                    yerr=[s["std"] for s in stats],
+                    ls=style,
+                    marker="o",
+                    capsize=3,
+                    label=f"{regime}: {ckpt} ({rows[0]['sampler']})",
+                )
+        ax.set_xscale("log")
+        ax.set_xlabel("generator NFE")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def write_report(
+    exp: Experiment,
+    records: list[dict[str, Any]],
+    generation: dict[str, dict[str, Any]],
+    run_info: dict[str, Any],
+    spec: DataSpec,
+) -> dict[str, Any]:
+    """Write ``results.json``, ``results.md`` and ``dice_vs_nfe.png`` into ``exp.results_dir``; returns the
+    content of ``results.json``."""
+    results = {
+        "name": exp.name,
+        "experiment": str(exp.path),
+        "protocol": exp.protocol(),
+        "run": run_info,
+        "dice_labels": list(spec.mask_label_names[1:]),
+        "class_names": list(spec.class_names),
+        "generators": generation_summary(exp, generation),
+        "rows": aggregate(exp, records, spec),
+    }
+    exp.results_dir.mkdir(parents=True, exist_ok=True)
+    write_json(exp.results_dir / "results.json", results)
+    with atomic_path(exp.results_dir / "results.md") as tmp:
+        tmp.write_text(markdown(results) + "\n")
+    plot(results, exp.results_dir / "dice_vs_nfe.png")
+    return results
