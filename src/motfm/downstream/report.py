@@ -134,46 +134,54 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    """Mean Dice and accuracy against NFE: a line per checkpoint and regime (synthetic solid, both dashed),
-    the real regimes as horizontal bands (mean ± std)."""
+    """Mean Dice and accuracy against NFE: one colour per checkpoint and sampler, synthetic solid and both
+    dashed, the real regimes as horizontal lines with a band of ± one std."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     gens = results["generators"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    families = sorted({(g["checkpoint"], g["sampler"]) for g in gens.values()})
+    colours = plt.get_cmap("tab10").colors
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
     for ax, (metric, title) in zip(
-        axes, (("dice", "mean Dice (real test)"), ("accuracy", "accuracy (real test)"))
+        axes, (("dice", "mean Dice on the real test split"), ("accuracy", "accuracy on the real test split"))
     ):
+
+        def stat(row: dict[str, Any], metric: str = metric) -> dict[str, Any]:
+            return row["dice"]["mean"] if metric == "dice" else row["accuracy"]
+
         for row in results["rows"]:
             if row["generator"] is None:
-                s = row["dice"]["mean"] if metric == "dice" else row["accuracy"]
-                color = "black" if row["regime"] == "real" else "grey"
-                ax.axhline(s["mean"], color=color, lw=1, label=f"{row['regime']} ({row['num_real']} real)")
-                ax.axhspan(s["mean"] - s["std"], s["mean"] + s["std"], color=color, alpha=0.15)
-        for ckpt in sorted({g["checkpoint"] for g in gens.values()}):
+                s, grey = stat(row), "black" if row["regime"] == "real" else "grey"
+                ax.axhline(s["mean"], color=grey, lw=1, label=f"{row['regime']} ({row['num_real']} real)")
+                ax.axhspan(s["mean"] - s["std"], s["mean"] + s["std"], color=grey, alpha=0.12)
+        for i, (ckpt, sampler) in enumerate(families):
             for regime, style in (("synthetic", "-"), ("both", "--")):
-                rows = [r for r in results["rows"] if r["regime"] == regime and r["checkpoint"] == ckpt]
-                if not rows:
-                    continue
-                nfe = [gens[r["generator"]]["nfe"] for r in rows]
-                stats = [r["dice"]["mean"] if metric == "dice" else r["accuracy"] for r in rows]
-                ax.errorbar(
-                    nfe,
-                    [s["mean"] for s in stats],
-                    yerr=[s["std"] for s in stats],
-                    ls=style,
-                    marker="o",
-                    capsize=3,
-                    label=f"{regime}: {ckpt} ({rows[0]['sampler']})",
-                )
+                rows = [
+                    r
+                    for r in results["rows"]
+                    if r["regime"] == regime and (r["checkpoint"], r["sampler"]) == (ckpt, sampler)
+                ]
+                if rows:
+                    ax.errorbar(
+                        [gens[r["generator"]]["nfe"] for r in rows],
+                        [stat(r)["mean"] for r in rows],
+                        yerr=[stat(r)["std"] for r in rows],
+                        color=colours[i % len(colours)],
+                        ls=style,
+                        marker="o",
+                        capsize=3,
+                        label=f"{regime}: {ckpt}, {sampler}",
+                    )
         ax.set_xscale("log")
         ax.set_xlabel("generator NFE")
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)

@@ -66,7 +66,7 @@ def synthetic_set(
     key = {**key, "conditions": conditions.source_index.tolist()}
     if path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        if saved["key"] != _key_text(key):
+        if saved.get("key") != _key_text(key):
             raise DownstreamError(f"{path}: {_STALE}")
         synthetic = torch.ones(len(conditions), dtype=torch.bool)
         items = Items(
@@ -177,8 +177,20 @@ def _generator_key(exp: Experiment, gen: GeneratorSpec, identity: dict[str, Any]
 
 
 def run(exp: Experiment) -> dict[str, Any]:
-    """Run every cell that has no record yet, then write the report; returns the content of results.json."""
+    """Run every cell that has no record yet, then write the report; returns the content of results.json.
+
+    Torch uses ``exp.threads`` CPU threads meanwhile (on a loaded machine one thread per process is much
+    faster for these small networks; see README); the previous setting is restored afterwards.
+    """
+    threads = torch.get_num_threads()
     torch.set_num_threads(exp.threads)
+    try:
+        return _run(exp)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(exp: Experiment) -> dict[str, Any]:
     t_start, started = time.perf_counter(), machine()
     device = pick_device(exp.device)
     models = load_generators(exp, device)

@@ -23,7 +23,8 @@ A file (YAML) holds::
 
 The real data are the generators' own training data (the data config stored in the checkpoints; all must
 agree). With ``--dry-run`` no checkpoint is read: each generator is built untrained from
-``checkpoint_training`` plus ``dry_run.checkpoint_overrides``, and the whole pipeline runs on tiny sizes.
+``checkpoint_training`` plus ``dry_run.checkpoint_overrides``, samplers take at most
+:data:`DRY_RUN_MAX_STEPS` steps, and the whole pipeline runs on the tiny sizes of the ``dry_run`` section.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from omegaconf import OmegaConf
 from motfm.downstream.augment import Augment
 from motfm.downstream.regimes import REGIMES
 from motfm.downstream.training import TrainSettings
+
+DRY_RUN_MAX_STEPS = 2
 
 
 class DownstreamError(ValueError):
@@ -126,6 +129,13 @@ def _settings(s: TrainSettings) -> dict[str, Any]:
     return {**{k: v for k, v in vars(s).items() if k != "augment"}, "augment": vars(s.augment)}
 
 
+def _steps(steps: Any, dry_run: bool) -> int | None:
+    """A generator's sampler steps; a dry run takes at most :data:`DRY_RUN_MAX_STEPS`."""
+    if steps is None:
+        return None
+    return min(int(steps), DRY_RUN_MAX_STEPS) if dry_run else int(steps)
+
+
 def _training(raw: dict[str, Any]) -> TrainSettings:
     raw = dict(raw)
     augment = Augment(**dict(raw.pop("augment", None) or {}))
@@ -192,10 +202,7 @@ def load_experiment(
             missing_hint=str(raw.get("missing_hint") or ""),
             generators={
                 str(k): GeneratorSpec(
-                    str(k),
-                    str(g["checkpoint"]),
-                    str(g["sampler"]),
-                    None if g.get("steps") is None else int(g["steps"]),
+                    str(k), str(g["checkpoint"]), str(g["sampler"]), _steps(g.get("steps"), dry_run)
                 )
                 for k, g in raw["generators"].items()
             },

@@ -11,6 +11,7 @@ from motfm.conditions import Conditions
 from motfm.downstream.items import Items
 from motfm.evaluation.generation import generate_set
 from motfm.loading import LoadedModel
+from motfm.runtime import resolve_precision
 
 
 def check_generator(model: LoadedModel, name: str) -> None:
@@ -46,17 +47,19 @@ def synthetic_items(
         seed: the noise seed.
         batch_size: samples per network call.
         guidance_scale: classifier-free guidance scale.
-        precision: ``fp32`` or ``bf16``.
+        precision: ``auto``, ``fp32`` or ``bf16`` (see :func:`motfm.runtime.resolve_precision`).
 
     Returns:
         The synthetic items (masks, labels and ``source_index`` of ``conditions_from``, ``synthetic`` all
-        True) and the generation record (sampler, steps, nfe, seconds, images_per_s).
+        True) and the generation record (sampler, steps, nfe, seconds, images_per_s, precision).
     """
     masks, labels = conditions_from.masks, conditions_from.labels
     model.net.check_conditions(labels, masks)
     model.objective.check_sampler(sampler, steps)
     steps = steps if model.objective.needs_steps(sampler) else None
     conditions = Conditions(labels, masks, "downstream:train")
+    device = next(model.net.parameters()).device
+    precision = resolve_precision(precision, device, model.spec.spatial_dims).name
     generated = generate_set(
         model, conditions, sampler, steps, len(conditions_from), batch_size, seed, guidance_scale, precision
     )
@@ -67,4 +70,4 @@ def synthetic_items(
         synthetic=torch.ones(len(conditions_from), dtype=torch.bool),
         source_index=conditions_from.source_index.clone(),
     )
-    return items, dict(generated.info)
+    return items, {**generated.info, "precision": precision}
