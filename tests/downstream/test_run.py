@@ -73,6 +73,7 @@ def check_results(results_dir, seeds, num_test, generators):
     md = (results_dir / "results.md").read_text()
     assert md.count("\n| both |") == md.count("\n| synthetic |") == len(generators)
     assert (results_dir / "dice_vs_nfe.png").stat().st_size > 1000
+    assert (results_dir / "examples.png").stat().st_size > 1000
     return results
 
 

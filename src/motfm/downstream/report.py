@@ -1,5 +1,6 @@
-"""The tables and the plot of a downstream experiment: ``results.json``, ``results.md`` and
-``dice_vs_nfe.png`` (Dice and accuracy of every regime against the generator's NFE).
+"""The tables and pictures of a downstream experiment: ``results.json``, ``results.md``, ``dice_vs_nfe.png``
+(Dice and accuracy of every regime against the generator's NFE) and ``examples.png`` (label maps, their real
+images and every generator's images for them).
 
 Every cell is summarised over its seeds by the mean and the sample standard deviation (``ddof = 1``; 0 for a
 single seed), with the per-seed values kept in ``results.json``.
@@ -11,8 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from motfm.data.base import DataSpec
+from motfm.downstream.items import Items
 from motfm.downstream.regimes import REGIMES
 from motfm.downstream.spec import Experiment
 from motfm.io.atomic import atomic_path, write_json
@@ -187,15 +191,49 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def examples(
+    conditions: Items, synthetic: dict[str, Items], num_labels: int, path: Path, count: int = 8
+) -> None:
+    """A picture of the first ``count`` conditioning items: their label map, their real image (never used
+    to generate) and each generator's image for them, one row each (3D: mid axial slices)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def flat(x: Tensor) -> Tensor:
+        x = x[:count, 0].float()
+        return x[:, x.shape[1] // 2] if x.ndim == 4 else x
+
+    rows = {
+        "label map": flat(conditions.masks) / max(1, num_labels - 1) * 2 - 1,
+        "real image": flat(conditions.images),
+    }
+    rows.update({name: flat(items.images) for name, items in synthetic.items()})
+    n = rows["real image"].shape[0]
+    fig, axes = plt.subplots(len(rows), 1, figsize=(1.2 * n, 1.3 * len(rows)), squeeze=False)
+    for ax, (name, images) in zip(axes[:, 0], rows.items()):
+        ax.imshow(torch.cat(list(images), dim=1).numpy(), cmap="gray", vmin=-1, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(name, loc="left", fontsize=8, pad=2)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
 def write_report(
     exp: Experiment,
     records: list[dict[str, Any]],
     generation: dict[str, dict[str, Any]],
     run_info: dict[str, Any],
     spec: DataSpec,
+    conditions: Items,
+    synthetic: dict[str, Items],
 ) -> dict[str, Any]:
-    """Write ``results.json``, ``results.md`` and ``dice_vs_nfe.png`` into ``exp.results_dir``; returns the
-    content of ``results.json``."""
+    """Write ``results.json``, ``results.md``, ``dice_vs_nfe.png`` and (with synthetic sets)
+    ``examples.png`` into ``exp.results_dir``; returns the content of ``results.json``."""
     results = {
         "name": exp.name,
         "experiment": str(exp.path),
@@ -211,4 +249,6 @@ def write_report(
     with atomic_path(exp.results_dir / "results.md") as tmp:
         tmp.write_text(markdown(results) + "\n")
     plot(results, exp.results_dir / "dice_vs_nfe.png")
+    if synthetic:
+        examples(conditions, synthetic, spec.num_mask_labels, exp.results_dir / "examples.png")
     return results

@@ -239,7 +239,7 @@ def _run(exp: Experiment) -> dict[str, Any]:
         "wall_seconds": time.perf_counter() - t_start,
         "checkpoints": identity,
     }
-    return write_report(exp, records, generation, run_info, spec)
+    return write_report(exp, records, generation, run_info, spec, conditions, synthetic)
 
 
 def _checkpoint_arg(text: str) -> tuple[str, str]:
