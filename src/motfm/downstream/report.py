@@ -103,8 +103,10 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"{run['date']}; {run['machine']['processor']}, {run['machine']['cpu_count']} CPUs, "
         f"torch {run['machine']['torch']}, {run['device']}, {run['threads']} thread(s); "
-        f"load average at start {run['machine']['load_average']}, at end {run['load_average_end']}; "
-        f"{run['wall_seconds'] / 60:.1f} min in total.",
+        f"load average at start {run['machine']['load_average']}, at end {run['load_average_end']}. "
+        f"This invocation: {run['wall_seconds'] / 60:.1f} min; all cells (also those read back from earlier "
+        f"invocations): {results['compute']['cell_seconds'] / 60:.1f} min of training and scoring, "
+        f"{results['compute']['generation_seconds'] / 60:.1f} min of generation.",
         f"Test: {run['test_items']} real items of the '{protocol['test_split']}' split; "
         f"mean ± std over seeds {protocol['seeds']}.",
         "",
@@ -243,6 +245,10 @@ def write_report(
         "class_names": list(spec.class_names),
         "generators": generation_summary(exp, generation),
         "rows": aggregate(exp, records, spec),
+        "compute": {
+            "cell_seconds": float(sum(r["seconds"] for r in records)),
+            "generation_seconds": float(sum(g["seconds"] for g in generation.values())),
+        },
     }
     exp.results_dir.mkdir(parents=True, exist_ok=True)
     write_json(exp.results_dir / "results.json", results)
