@@ -99,13 +99,11 @@ def test_export_model_truncated_checkpoint(truncated_ckpt: Path, tmp_path: Path)
     assert not (tmp_path / "shared").exists()
 
 
-def test_bench_broken_dataset_json(tmp_path: Path) -> None:
-    root = tmp_path / "Task01_BrainTumour"
-    write_msd(root, n_cases=3)
-    (root / "dataset.json").write_text('{"modality": {"0": "FLAIR"}, "labels": ')
-    overrides = f'train_overrides=["logger=none","model=unet3d","data=msd_brain","data.dataset.root={root}"]'
-    args = ["-m", "motfm.bench", "models=[unet3d]", overrides, hydra_dir(tmp_path)]
-    assert_one_line(run(args, tmp_path), root / "dataset.json", "not valid JSON")
+def test_bench_unknown_model_in_a_case(tmp_path: Path) -> None:
+    case = "cases=[{name:tiny,model:nope,data:echo_phantom,size:16,batch_size:1}]"
+    args = ["-m", "motfm.bench", case, "memory3d=null", f"out_dir={tmp_path / 'bench'}", hydra_dir(tmp_path)]
+    assert_one_line(run(args, tmp_path), "bench case 'tiny'", "model/nope")
+    assert not list((tmp_path / "bench").glob("*.json"))
 
 
 def test_prepare_data_truncated_nifti(tmp_path: Path) -> None:

@@ -146,3 +146,35 @@ def test_placeholders_resolve_to_checkpoints_and_pairs(tmp_path):
     study.pairs = {"p": {"teacher": "teacher", "overrides": []}}
     (out,) = resolve_overrides(study, ["data.dataset.root={pairs:p}"], known)
     assert out == f"data.dataset.root={tmp_path / 'runs' / 'pairs' / 'p'}"
+
+
+def test_evaluations_fill_caches_with_the_cheapest_run_then_go_longest_first(tmp_path, monkeypatch):
+    import motfm.study.run as run_module
+
+    runs = {"fm": {"euler": [1, 2], "midpoint": [5]}, "ddpm": {"ddim": [1], "dpmpp_2m": [50]}}
+    study = load_study(write_study(tmp_path, {"fm": ["method=fm"], "ddpm": ["method=ddpm"]}, runs))
+    calls = []
+
+    def fake_run(module, overrides, log_file, threads=None):
+        calls.append((log_file.parent.name, log_file.parent.parent.name, threads))
+        metrics = {"results": [{"sampler": log_file.parent.name[5:], "nfe": 1}], "reference": None}
+        (log_file.parent / "metrics.json").parent.mkdir(parents=True, exist_ok=True)
+        (log_file.parent / "metrics.json").write_text(json.dumps(metrics))
+        return 0.0
+
+    monkeypatch.setattr(run_module, "_run", fake_run)
+    monkeypatch.setattr(run_module, "THREADS", 1)
+    rows = run_module.evaluate_models(study, jobs=1)
+    assert [(c[1], c[0]) for c in calls] == [
+        ("ddpm", "eval_ddim"),  # NFE 1: fills the caches
+        ("ddpm", "eval_dpmpp_2m"),  # 50
+        ("fm", "eval_midpoint"),  # 5 steps x 2 evaluations
+        ("fm", "eval_euler"),  # 3
+    ]
+    assert [r["model"] for r in rows] == ["fm", "fm", "ddpm", "ddpm"]  # the study's order
+    calls.clear()
+    for metrics in tmp_path.rglob("metrics.json"):
+        metrics.unlink()
+    run_module.evaluate_models(study, jobs=2)
+    assert calls[0] == ("eval_ddim", "ddpm", 2)  # alone, on both jobs' threads
+    assert {c[2] for c in calls[1:]} == {None}  # the others on the study's default (THREADS)

@@ -20,6 +20,7 @@ from typing import Any
 
 import hydra
 import torch
+from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,6 +33,7 @@ from motfm.bench.timing import count_flops, machine_info, matmul_peak, timed_alt
 from motfm.cli import readable_errors
 from motfm.io.atomic import atomic_open, write_json
 from motfm.runtime import cpu_has_native_bf16, pick_device, resolve_precision
+from motfm.validate import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,11 @@ def case_config(case: DictConfig, out_dir: str, *extra: str) -> DictConfig:
         *case.get("overrides", []),
         *extra,
     ]
-    return hydra.compose(config_name="train", overrides=overrides)
+    try:
+        return hydra.compose(config_name="train", overrides=overrides)
+    except HydraException as err:  # an unknown model/data group or key in the case: the case is the input
+        first = str(err).strip().splitlines()[0]
+        raise ConfigError(f"bench case {case.get('name', case.model)!r}: {first}") from err
 
 
 def memory_job(side: str, train_cfg: DictConfig, spec: Any, batch_size: int, device: torch.device) -> dict:

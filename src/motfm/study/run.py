@@ -26,6 +26,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
+from motfm.flow.solvers import FIXED_STEP_SOLVERS
 from motfm.io.atomic import write_json
 from motfm.study.spec import PLACEHOLDER, Study, load_study
 
@@ -38,13 +39,15 @@ THREADS: int | None = None  # threads of every job (--threads); None: the machin
 _PAIRS_LOCK = threading.Lock()  # jobs side by side must not generate the same pairs twice
 
 
-def _run(module: str, overrides: list[str], log_file: Path) -> float:
-    """Run ``python -m <module> <overrides>`` (output into ``log_file``); returns its wall-clock seconds."""
+def _run(module: str, overrides: list[str], log_file: Path, threads: int | None = None) -> float:
+    """Run ``python -m <module> <overrides>`` (output into ``log_file``) with ``threads`` threads (default
+    :data:`THREADS`); returns its wall-clock seconds."""
+    threads = THREADS if threads is None else threads
     cmd = [sys.executable, "-m", module, *overrides]
     log_file.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), "HF_HUB_OFFLINE": "1"}
-    if THREADS is not None:
-        env.update(OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS))
+    if threads is not None:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     t0 = time.perf_counter()
     with open(log_file, "w") as out:
         out.write(" ".join(cmd) + "\n")
@@ -153,8 +156,11 @@ def train_models(
     return {m: records[m] for m in study.models}
 
 
-def evaluate_run(study: Study, model: str, sampler: str, steps: list[int]) -> Path:
-    """Evaluate one (model, sampler) unless done; returns its ``metrics.json``."""
+def evaluate_run(
+    study: Study, model: str, sampler: str, steps: list[int], threads: int | None = None
+) -> Path:
+    """Evaluate one (model, sampler) unless done (with ``threads`` threads, default :data:`THREADS`); returns
+    its ``metrics.json``."""
     folder = study.out_dir / model / f"eval_{sampler}"
     metrics = folder / "metrics.json"
     if not metrics.is_file():
@@ -167,17 +173,26 @@ def evaluate_run(study: Study, model: str, sampler: str, steps: list[int]) -> Pa
             *study.eval_common,
             f"hydra.run.dir={folder}",
         ]
-        _run("motfm.evaluate", args, folder / "study_evaluate.log")
+        _run("motfm.evaluate", args, folder / "study_evaluate.log", threads)
     return metrics
+
+
+def evaluation_cost(sampler: str, steps: list[int]) -> int:
+    """Network evaluations per sample of one (model, sampler) run: what orders the runs."""
+    return sum(steps) * FIXED_STEP_SOLVERS.get(sampler, 1)
 
 
 def evaluate_models(study: Study, jobs: int = 1) -> list[dict[str, Any]]:
     """Evaluate every (model, sampler), ``jobs`` at a time; returns the rows of all ``metrics.json`` files."""
     runs = [(m, s, steps) for m, samplers in study.runs.items() for s, steps in samplers.items()]
-    if runs and jobs > 1:  # one run first: it fills the reference caches the others then read
-        evaluate_run(study, *runs[0])
+    # The cheapest run first, alone and on every job's threads: it fills the reference caches the others
+    # then read. The others longest first, so that the jobs side by side finish close together.
+    order = sorted(runs, key=lambda run: evaluation_cost(run[1], run[2]))
+    if order and jobs > 1:
+        evaluate_run(study, *order[0], threads=THREADS * jobs if THREADS is not None else None)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        files = list(pool.map(lambda run: evaluate_run(study, *run), runs))
+        list(pool.map(lambda run: evaluate_run(study, *run), order[:1] + order[:0:-1]))
+    files = [study.out_dir / m / f"eval_{s}" / "metrics.json" for m, s, _ in runs]
     rows = []
     for (model, _, _), metrics in zip(runs, files):
         result = json.loads(metrics.read_text())
