@@ -38,6 +38,7 @@ from omegaconf import OmegaConf
 from motfm.downstream.augment import Augment
 from motfm.downstream.regimes import REGIMES
 from motfm.downstream.training import TrainSettings
+from motfm.io.yaml_file import read_mapping
 
 DRY_RUN_MAX_STEPS = 2
 
@@ -167,15 +168,7 @@ def load_experiment(
         DownstreamError: naming the file and the first problem.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DownstreamError(f"{path}: experiment file not found")
-    try:
-        raw_cfg = OmegaConf.load(path)
-    except Exception as err:  # OmegaConf raises several types for bad YAML
-        raise DownstreamError(f"{path}: not a readable YAML file ({err})") from None
-    raw = OmegaConf.to_container(raw_cfg, resolve=True)
-    if not isinstance(raw, dict):
-        raise DownstreamError(f"{path}: expected a mapping at the top level")
+    raw = read_mapping(path, DownstreamError, "experiment file")
     tiny = dict(raw.pop("dry_run", None) or {})
     overrides = list(tiny.pop("checkpoint_overrides", None) or [])
     if dry_run:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from motfm.io.yaml_file import read_mapping
 
 PLACEHOLDER = re.compile(r"\{(ckpt|pairs):([A-Za-z0-9_.-]+)\}")
 
@@ -74,12 +74,7 @@ def load_study(path: str | Path, out_dir: str | Path | None = None) -> Study:
         StudyError: naming the file and the first problem.
     """
     path = Path(path)
-    if not path.is_file():
-        raise StudyError(f"{path}: study file not found")
-    try:
-        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except Exception as err:  # OmegaConf raises several types for bad YAML
-        raise StudyError(f"{path}: not a readable YAML file ({err})") from None
+    raw = read_mapping(path, StudyError, "study file")
     try:
         train, evaluate = raw["train"], raw["evaluate"]
         models = {str(k): _strings(v, f"{path}: train.models.{k}") for k, v in train["models"].items()}
