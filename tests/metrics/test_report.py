@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from motfm.data.phantom import EchoPhantom
 from motfm.metrics.extractors import Slices2p5D, get_extractor
 from motfm.metrics.fidelity import segment_echo_phantom
 from motfm.metrics.report import (
@@ -72,12 +73,15 @@ def test_reference_features_cache(tmp_path) -> None:
 
 
 def test_dice_metrics_on_real_phantoms() -> None:
-    from motfm.data.phantom import ECHO_MASK_LABELS, EchoPhantom
+    from motfm.data.phantom import ECHO_MASK_LABELS
 
     ds = EchoPhantom("val", size=32, num_samples=4)
     images = torch.stack([ds[i]["image"] for i in range(4)])
     masks = torch.stack([ds[i]["mask"] for i in range(4)])
     assert phantom_segmenter("motfm.data.phantom.EchoPhantom") is segment_echo_phantom
+    assert phantom_segmenter("motfm.data.phantom.echo.EchoPhantom") is segment_echo_phantom  # defining module
+    assert phantom_segmenter(EchoPhantom) is segment_echo_phantom  # the class (the training callback's case)
+    assert phantom_segmenter("no.such.Dataset") is None
     assert phantom_segmenter("motfm.data.camus.Camus") is None and phantom_segmenter(None) is None
     out = dice_metrics(segment_echo_phantom, images, masks, ECHO_MASK_LABELS, batch_size=3)
     assert set(out) == {"dice", "dice/lv_cavity", "dice/myocardium", "dice/left_atrium"}

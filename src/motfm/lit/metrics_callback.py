@@ -152,8 +152,7 @@ class MetricsCallback(L.Callback):
             real = torch.stack([ds[i]["image"] for i in self._shard(trainer, n_real)])
             self._real_shard = self._features(real, device).cpu()
         need_label, need_mask = pl_module.net.num_classes > 0, pl_module.net.num_mask_labels > 0
-        target = f"{type(ds).__module__}.{type(ds).__qualname__}"
-        segmenter = phantom_segmenter(target) if need_mask else None
+        segmenter = phantom_segmenter(type(ds)) if need_mask else None
         indices = self._shard(trainer, self.num_samples)
         for k in self.steps:
             distances, dice = self.distances[k].to(device), self.dice[k].to(device)

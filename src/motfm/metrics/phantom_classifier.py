@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from motfm.data.base import MotfmDataset
 from motfm.io.atomic import atomic_path
-from motfm.metrics.report import PHANTOM_SEGMENTERS, config_hash
+from motfm.metrics.report import config_hash, phantom_segmenter
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def train_phantom_classifier(
     Returns:
         The classifier in eval mode, with ``val_accuracy`` set.
     """
-    if str(dataset_cfg.get("_target_")) not in PHANTOM_SEGMENTERS:
+    if phantom_segmenter(dataset_cfg.get("_target_")) is None:
         raise ValueError(
             f"the phantom classifier needs a motfm.data.phantom dataset, got {dataset_cfg.get('_target_')}"
         )

@@ -25,8 +25,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.utils import get_class
 from torch import Tensor
 
+from motfm.data.phantom import BrainPhantom, EchoPhantom
 from motfm.io.atomic import atomic_open, atomic_path, write_json
 from motfm.metrics.extractors import FeatureExtractor, Slices2p5D, get_extractor
 from motfm.metrics.fidelity import dice_per_label, segment_brain_phantom, segment_echo_phantom
@@ -34,9 +36,9 @@ from motfm.metrics.frechet import feature_statistics, frechet_distance, load_sta
 from motfm.metrics.kernels import kid, mmd_rbf
 from motfm.progress import progress
 
-PHANTOM_SEGMENTERS: dict[str, Callable[[Tensor], Tensor]] = {
-    "motfm.data.phantom.EchoPhantom": segment_echo_phantom,
-    "motfm.data.phantom.BrainPhantom": segment_brain_phantom,
+PHANTOM_SEGMENTERS: dict[type, Callable[[Tensor], Tensor]] = {
+    EchoPhantom: segment_echo_phantom,
+    BrainPhantom: segment_brain_phantom,
 }
 
 _CACHE_VERSION = 1
@@ -143,9 +145,19 @@ def distribution_metrics(
     return out
 
 
-def phantom_segmenter(dataset_target: str | None) -> Callable[[Tensor], Tensor] | None:
-    """The deterministic label-map segmenter of a phantom dataset class (``_target_``), else ``None``."""
-    return PHANTOM_SEGMENTERS.get(dataset_target or "")
+def phantom_segmenter(dataset: str | type | None) -> Callable[[Tensor], Tensor] | None:
+    """The deterministic label-map segmenter of a phantom dataset class, else ``None``.
+
+    Args:
+        dataset: the class, or its import path as a config's ``_target_`` names it (any path that resolves
+            to the class, e.g. ``motfm.data.phantom.EchoPhantom`` or ``motfm.data.phantom.echo.EchoPhantom``).
+    """
+    if isinstance(dataset, str):
+        try:
+            dataset = get_class(dataset)
+        except Exception:  # not importable: not one of ours
+            return None
+    return PHANTOM_SEGMENTERS.get(dataset) if isinstance(dataset, type) else None
 
 
 def dice_metrics(
