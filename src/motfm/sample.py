@@ -72,6 +72,7 @@ def sampler_options(cfg: DictConfig) -> SamplerOptions:
         rtol=float(cfg.get("rtol", 1e-5)),
         atol=float(cfg.get("atol", 1e-5)),
         eta=float(cfg.get("eta", 0.0)),
+        clip_x0=cfg.get("clip_x0"),
     )
 
 

@@ -47,8 +47,8 @@ def _last_step_variance(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
     return SD**2 * a_bar * SD**2 / (a_bar * SD**2 + 1 - a_bar)
 
 
-def _fixed_model(schedule: NoiseSchedule, prediction: str):
-    """A fixed affine denoiser x0_hat = 1.5 sqrt(abar_k) W x + 0.3 t - 0.1 (t: network time), as eps or v.
+def _fixed_model(schedule: NoiseSchedule, prediction: str, offset: float = -0.1):
+    """A fixed affine denoiser x0_hat = 1.5 sqrt(abar_k) W x + 0.3 t + offset (t: network time), as eps or v.
 
     Written through x0_hat so that x0_hat stays of order 1 at every noise level (a fixed affine eps map gives
     x0_hat ~ 1 / sqrt(abar_{T-1}) at the first step); the gain 1.5 puts some x0_hat outside [-1, 1], so that
@@ -60,7 +60,7 @@ def _fixed_model(schedule: NoiseSchedule, prediction: str):
         alpha = abar[k].sqrt().view(-1, 1, 1, 1)
         sigma = (1 - abar[k]).sqrt().view(-1, 1, 1, 1)
         t = schedule.net_time(k).to(x.dtype).view(-1, 1, 1, 1)
-        x0 = 1.5 * alpha * torch.einsum("ij,bj...->bi...", W, x) + 0.3 * t - 0.1
+        x0 = 1.5 * alpha * torch.einsum("ij,bj...->bi...", W, x) + 0.3 * t + offset
         eps = (x - alpha * x0) / sigma
         return eps if prediction == "epsilon" else alpha * eps - sigma * x0
 
@@ -213,9 +213,33 @@ def test_dpmpp_2m_matches_diffusers(kind, prediction, steps):
         final_sigmas_type="zero",
     )
     ref = _diffusers_sample(scheduler, schedule, model_fn, x_T, steps)
-    x, _ = diffusion_sample(model_fn, x_T, schedule, "dpmpp_2m", steps, prediction)
+    x, _ = diffusion_sample(model_fn, x_T, schedule, "dpmpp_2m", steps, prediction, clip_x0=False)
     # diffusers rounds the state to float32 in every step (about 1e-7 here).
     torch.testing.assert_close(x, ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy:DeprecationWarning")
+@pytest.mark.parametrize("steps", [2, 10])
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_clipped_dpmpp_2m_is_diffusers_thresholding_at_1(prediction, steps):
+    diffusers = pytest.importorskip("diffusers")
+    schedule, x_T = NoiseSchedule("linear"), _x_T()
+    model_fn = _fixed_model(schedule, prediction, offset=0.8)  # x0_hat beyond 1 at the noisy steps
+    options = dict(algorithm_type="dpmsolver++", solver_order=2, final_sigmas_type="zero")
+    scheduler = diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=T,
+        beta_schedule="linear",
+        prediction_type=DIFFUSERS_PREDICTION[prediction],
+        timestep_spacing="trailing",
+        thresholding=True,  # dynamic threshold max(quantile(|x0|), 1) clamped to sample_max_value = 1
+        sample_max_value=1.0,
+        **options,
+    )
+    ref = _diffusers_sample(scheduler, schedule, model_fn, x_T, steps)
+    x, _ = diffusion_sample(model_fn, x_T, schedule, "dpmpp_2m", steps, prediction, clip_x0=True)
+    unclipped, _ = diffusion_sample(model_fn, x_T, schedule, "dpmpp_2m", steps, prediction, clip_x0=False)
+    torch.testing.assert_close(x, ref, rtol=0, atol=1e-5)
+    assert (x - unclipped).abs().max() > 1e-2  # the clamp acted (in early, noisy steps)
 
 
 @pytest.mark.parametrize("clip", [True, False])

@@ -151,30 +151,45 @@ def test_placeholders_resolve_to_checkpoints_and_pairs(tmp_path):
 def test_evaluations_fill_caches_with_the_cheapest_run_then_go_longest_first(tmp_path, monkeypatch):
     import motfm.study.run as run_module
 
-    runs = {"fm": {"euler": [1, 2], "midpoint": [5]}, "ddpm": {"ddim": [1], "dpmpp_2m": [50]}}
+    clipped = {"sampler": "dpmpp_2m", "steps": [20], "overrides": ["clip_x0=true"]}
+    runs = {"fm": {"euler": [1, 2], "midpoint": [5]}, "ddpm": {"ddim": [1], "dpmpp_2m_clip": clipped}}
     study = load_study(write_study(tmp_path, {"fm": ["method=fm"], "ddpm": ["method=ddpm"]}, runs))
     calls = []
 
     def fake_run(module, overrides, log_file, threads=None):
-        calls.append((log_file.parent.name, log_file.parent.parent.name, threads))
-        metrics = {"results": [{"sampler": log_file.parent.name[5:], "nfe": 1}], "reference": None}
-        (log_file.parent / "metrics.json").parent.mkdir(parents=True, exist_ok=True)
+        sampler = next(o for o in overrides if o.startswith("samplers="))[len("samplers=[") : -1]
+        calls.append((log_file.parent.parent.name, log_file.parent.name, threads, sampler))
+        assert ("clip_x0=true" in overrides) == (log_file.parent.name == "eval_dpmpp_2m_clip")
+        metrics = {"results": [{"sampler": sampler, "nfe": 1}], "reference": None}
+        log_file.parent.mkdir(parents=True, exist_ok=True)
         (log_file.parent / "metrics.json").write_text(json.dumps(metrics))
         return 0.0
 
     monkeypatch.setattr(run_module, "_run", fake_run)
     monkeypatch.setattr(run_module, "THREADS", 1)
     rows = run_module.evaluate_models(study, jobs=1)
-    assert [(c[1], c[0]) for c in calls] == [
+    assert [c[:2] for c in calls] == [
         ("ddpm", "eval_ddim"),  # NFE 1: fills the caches
-        ("ddpm", "eval_dpmpp_2m"),  # 50
+        ("ddpm", "eval_dpmpp_2m_clip"),  # 20
         ("fm", "eval_midpoint"),  # 5 steps x 2 evaluations
         ("fm", "eval_euler"),  # 3
     ]
-    assert [r["model"] for r in rows] == ["fm", "fm", "ddpm", "ddpm"]  # the study's order
+    assert calls[1][3] == "dpmpp_2m"  # a named run evaluates its sampler
+    assert [(r["model"], r["sampler"]) for r in rows] == [  # the study's order, named runs by their name
+        ("fm", "euler"),
+        ("fm", "midpoint"),
+        ("ddpm", "ddim"),
+        ("ddpm", "dpmpp_2m_clip"),
+    ]
     calls.clear()
     for metrics in tmp_path.rglob("metrics.json"):
         metrics.unlink()
     run_module.evaluate_models(study, jobs=2)
-    assert calls[0] == ("eval_ddim", "ddpm", 2)  # alone, on both jobs' threads
+    assert calls[0][:3] == ("ddpm", "eval_ddim", 2)  # alone, on both jobs' threads
     assert {c[2] for c in calls[1:]} == {None}  # the others on the study's default (THREADS)
+
+
+def test_a_named_run_needs_steps(tmp_path):
+    runs = {"fm": {"euler_edm": {"sampler": "euler", "overrides": ["time_grid=edm"]}}}
+    with pytest.raises(StudyError, match=r"evaluate.runs.fm.euler_edm must be a list of steps"):
+        load_study(write_study(tmp_path, {"fm": ["method=fm"]}, runs))

@@ -18,12 +18,15 @@ steps (A' = 1 after the last):
   ``final_sigmas_type="zero"`` (it forces the first-order final step at every step count, on top of
   ``lower_order_final``, which with ``solver_order=2`` only concerns this final step for steps < 15).
 
-With ``clip_x0`` (images in [-1, 1]), ``ddpm`` and ``ddim`` clamp x0_hat to [-1, 1] and ``ddim`` re-derives
-eps_hat = (x_k - sqrt(A) x0_hat) / sqrt(1 - A) from the clamped x0_hat, as Dhariwal & Nichol's
+With ``clip_x0`` (images in [-1, 1]) every sampler clamps x0_hat to [-1, 1] in every step. ``ddim`` then
+re-derives eps_hat = (x_k - sqrt(A) x0_hat) / sqrt(1 - A) from the clamped x0_hat, as Dhariwal & Nichol's
 guided-diffusion does; this keeps the DDIM step consistent with x_k and makes ``ddim`` with eta = 1 equal to
 ``ddpm``. diffusers' DDIMScheduler does this only with ``use_clipped_model_output=True`` (its default keeps
-the unclamped eps_hat). ``dpmpp_2m`` never clips, as diffusers' DPMSolverMultistepScheduler, which has no
-clipping option and leaves its dynamic ``thresholding`` off by default.
+the unclamped eps_hat). ``dpmpp_2m`` uses the clamped x0_hat as its data prediction (also in the next step's
+second-order term): diffusers' DPMSolverMultistepScheduler with ``thresholding=True`` and
+``sample_max_value=1.0`` (its dynamic threshold is then 1), the thresholding the DPM-Solver++ paper
+recommends for pixel-space models (Lu et al. 2022, Sec. 5). Who calls these decides the default per sampler
+(see :class:`motfm.objectives.diffusion.Diffusion`).
 
 Differences from diffusers (trailing spacing, ``set_alpha_to_one=True``): diffusers' DDPMScheduler adds noise
 of standard deviation 1e-10 (its clamped zero variance) at a last step k > 0, where ``ddpm`` adds none; for
@@ -77,7 +80,7 @@ def diffusion_sample(
         prediction: what the network predicts, ``"epsilon"`` or ``"v"``.
         noise_fn: ``noise_fn(i) -> [B, C, *spatial]`` standard normal noise for step i (0-based); needed by
             ``ddpm`` and by ``ddim`` with eta > 0, and never called at the last step.
-        clip_x0: clamp x0_hat to [-1, 1] in ``ddpm`` and ``ddim`` (``dpmpp_2m`` never clips).
+        clip_x0: clamp x0_hat to [-1, 1] in every step (see the module docstring).
         eta: DDIM stochasticity in [0, 1] (Song et al. 2021, Eq. 16); only for ``ddim``.
 
     Returns:
@@ -104,13 +107,13 @@ def diffusion_sample(
         out = model_fn(x, torch.full(x.shape[:1], k, dtype=torch.long, device=x.device))
         nfe += 1
         x0, eps = output_to_x0_eps(out, x, alpha, sigma, prediction)
+        if clip_x0:
+            x0 = x0.clamp(-1.0, 1.0)
         is_last = i == len(path) - 1
         if sampler == "dpmpp_2m":
             x = x0 if is_last else _dpmpp_2m_step(x, x0, a_bar, a_bar_next, prev)
             prev = (x0, a_bar)
             continue
-        if clip_x0:
-            x0 = x0.clamp(-1.0, 1.0)
         noise = None if is_last or noise_fn is None else _checked_noise(noise_fn, i, x)
         if sampler == "ddpm":
             x = _ddpm_step(x, x0, a_bar, a_bar_next, noise)

@@ -36,6 +36,9 @@ class SamplerOptions:
         rtol: relative tolerance of adaptive ODE solvers.
         atol: absolute tolerance of adaptive ODE solvers.
         eta: DDIM stochasticity (0: deterministic).
+        clip_x0: diffusion samplers: clamp the predicted clean image to [-1, 1] in every step (for
+            ``dpmpp_2m``: thresholding, Lu et al. 2022, Sec. 5); ``None``: the method's default (``ddpm`` and
+            ``ddim`` clamp, ``dpmpp_2m`` does not).
     """
 
     time_grid: str = "uniform"
@@ -44,6 +47,7 @@ class SamplerOptions:
     rtol: float = 1e-5
     atol: float = 1e-5
     eta: float = 0.0
+    clip_x0: bool | None = None
 
 
 class SampleNoise:

@@ -27,7 +27,8 @@ class Diffusion(Objective):
     Args:
         schedule: the noise schedule (linear or cosine).
         prediction: ``epsilon`` or ``v``.
-        clip_x0: clamp the predicted clean image to [-1, 1] in the ``ddpm`` and ``ddim`` samplers.
+        clip_x0: clamp the predicted clean image to [-1, 1] in the ``ddpm`` and ``ddim`` samplers by default
+            (``dpmpp_2m`` does not by default, as diffusers; :attr:`SamplerOptions.clip_x0` decides per call).
         p_uncond: probability of dropping the class label in training (classifier-free guidance).
     """
 
@@ -92,7 +93,7 @@ class Diffusion(Objective):
             steps,
             self.prediction,
             noise_fn=noise.step,
-            clip_x0=self.clip_x0,
+            clip_x0=self.clip_x0 and sampler != "dpmpp_2m" if options.clip_x0 is None else options.clip_x0,
             eta=options.eta if sampler == "ddim" else 0.0,
         )
         return SampleResult(x=x, nfe=calls * evals_per_call)

@@ -28,7 +28,7 @@ from typing import Any
 
 from motfm.flow.solvers import FIXED_STEP_SOLVERS
 from motfm.io.atomic import write_json
-from motfm.study.spec import PLACEHOLDER, Study, load_study
+from motfm.study.spec import PLACEHOLDER, EvalRun, Study, load_study
 
 log = logging.getLogger("motfm.study")
 
@@ -156,47 +156,45 @@ def train_models(
     return {m: records[m] for m in study.models}
 
 
-def evaluate_run(
-    study: Study, model: str, sampler: str, steps: list[int], threads: int | None = None
-) -> Path:
-    """Evaluate one (model, sampler) unless done (with ``threads`` threads, default :data:`THREADS`); returns
+def evaluate_run(study: Study, model: str, name: str, run: EvalRun, threads: int | None = None) -> Path:
+    """Evaluate one (model, run) unless done (with ``threads`` threads, default :data:`THREADS`); returns
     its ``metrics.json``."""
-    folder = study.out_dir / model / f"eval_{sampler}"
+    folder = study.out_dir / model / f"eval_{name}"
     metrics = folder / "metrics.json"
     if not metrics.is_file():
-        log.info("evaluating %s with %s at steps %s", model, sampler, steps)
-        steps_list = "[" + ",".join(str(s) for s in steps) + "]"
+        log.info("evaluating %s with %s at steps %s %s", model, run.sampler, run.steps, run.overrides)
+        steps_list = "[" + ",".join(str(s) for s in run.steps) + "]"
         args = [
             f"ckpt_path={checkpoint(study, model)}",
-            f"samplers=[{sampler}]",
+            f"samplers=[{run.sampler}]",
             f"steps={steps_list}",
             *study.eval_common,
+            *run.overrides,
             f"hydra.run.dir={folder}",
         ]
         _run("motfm.evaluate", args, folder / "study_evaluate.log", threads)
     return metrics
 
 
-def evaluation_cost(sampler: str, steps: list[int]) -> int:
-    """Network evaluations per sample of one (model, sampler) run: what orders the runs."""
-    return sum(steps) * FIXED_STEP_SOLVERS.get(sampler, 1)
+def evaluation_cost(run: EvalRun) -> int:
+    """Network evaluations per sample of one run: what orders the runs."""
+    return sum(run.steps) * FIXED_STEP_SOLVERS.get(run.sampler, 1)
 
 
 def evaluate_models(study: Study, jobs: int = 1) -> list[dict[str, Any]]:
     """Evaluate every (model, sampler), ``jobs`` at a time; returns the rows of all ``metrics.json`` files."""
-    runs = [(m, s, steps) for m, samplers in study.runs.items() for s, steps in samplers.items()]
+    runs = [(m, name, run) for m, named in study.runs.items() for name, run in named.items()]
     # The cheapest run first, alone and on every job's threads: it fills the reference caches the others
     # then read. The others longest first, so that the jobs side by side finish close together.
-    order = sorted(runs, key=lambda run: evaluation_cost(run[1], run[2]))
+    order = sorted(runs, key=lambda item: evaluation_cost(item[2]))
     if order and jobs > 1:
         evaluate_run(study, *order[0], threads=THREADS * jobs if THREADS is not None else None)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         list(pool.map(lambda run: evaluate_run(study, *run), order[:1] + order[:0:-1]))
-    files = [study.out_dir / m / f"eval_{s}" / "metrics.json" for m, s, _ in runs]
     rows = []
-    for (model, _, _), metrics in zip(runs, files):
-        result = json.loads(metrics.read_text())
-        rows += [{"model": model, **row} for row in result["results"]]
+    for model, name, _ in runs:
+        result = json.loads((study.out_dir / model / f"eval_{name}" / "metrics.json").read_text())
+        rows += [{"model": model, **row, "sampler": name} for row in result["results"]]
         if result.get("reference") is not None and not any(r.get("model") == "real" for r in rows):
             rows.append({"model": "real", **result["reference"]})
     return rows

@@ -11,6 +11,8 @@ A study file (YAML) holds::
     evaluate:
       common: [num_samples=256, extractor=inception_bundled, ...] # overrides of python -m motfm.evaluate
       runs: {fm_ot: {euler: [1, 2, 5, 10]}, ddpm: {dpmpp_2m: [1, 2, 5, 10]}}  # model -> sampler -> steps
+      # or a named run with its own evaluation overrides (rows and plots show the name as the sampler):
+      #   ddpm: {dpmpp_2m_clip: {sampler: dpmpp_2m, steps: [1, 2, 5], overrides: [clip_x0=true]}}
     figure: {models: {fm_ot: euler, ddpm: dpmpp_2m}, nfe: [1, 5, 10], num_samples: 6}
     metrics: [fid, kid, ms_ssim, dice, label_acc]
     pairs:                                            # optional: reflow pairs from a trained model
@@ -42,6 +44,15 @@ class StudyError(ValueError):
 
 
 @dataclass
+class EvalRun:
+    """One evaluation of a model: a sampler at some step counts, with evaluation overrides of its own."""
+
+    sampler: str
+    steps: list[int]
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Study:
     """A parsed study file (see the module docstring)."""
 
@@ -52,7 +63,7 @@ class Study:
     train_common: list[str]
     models: dict[str, list[str]]
     eval_common: list[str]
-    runs: dict[str, dict[str, list[int]]]
+    runs: dict[str, dict[str, EvalRun]]  # model -> run name (the sampler's, unless named) -> run
     figure: dict[str, Any] = field(default_factory=dict)
     metrics: list[str] = field(default_factory=lambda: ["fid", "kid"])
     pairs: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -67,6 +78,17 @@ def _strings(value: Any, where: str) -> list[str]:
     return list(value)
 
 
+def _eval_run(name: str, value: Any, where: str) -> EvalRun:
+    """``[steps...]`` (a run of the sampler ``name``) or ``{sampler, steps, overrides}``."""
+    if isinstance(value, dict):
+        if set(value) - {"sampler", "steps", "overrides"} or "steps" not in value:
+            raise StudyError(f"{where} must be a list of steps or {{sampler, steps, overrides}}")
+        sampler, steps, overrides = value.get("sampler", name), value["steps"], value.get("overrides")
+    else:
+        sampler, steps, overrides = name, value, None
+    return EvalRun(str(sampler), [int(n) for n in steps], _strings(overrides, f"{where}.overrides"))
+
+
 def load_study(path: str | Path, out_dir: str | Path | None = None) -> Study:
     """Read and check a study file; ``out_dir`` replaces the file's (e.g. for a quick test run).
 
@@ -79,8 +101,8 @@ def load_study(path: str | Path, out_dir: str | Path | None = None) -> Study:
         train, evaluate = raw["train"], raw["evaluate"]
         models = {str(k): _strings(v, f"{path}: train.models.{k}") for k, v in train["models"].items()}
         runs = {
-            str(m): {str(s): [int(n) for n in steps] for s, steps in samplers.items()}
-            for m, samplers in evaluate["runs"].items()
+            str(m): {str(n): _eval_run(n, run, f"{path}: evaluate.runs.{m}.{n}") for n, run in named.items()}
+            for m, named in evaluate["runs"].items()
         }
         study = Study(
             path=path,
