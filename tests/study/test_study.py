@@ -9,7 +9,7 @@ import pytest
 from cli_helpers import TINY_2D
 from motfm.objectives.diffusion import Diffusion
 from motfm.objectives.flow_matching import FlowMatching
-from motfm.study.report import plot_metric, steps_for_nfe
+from motfm.study.report import by_nfe_table, plot_metric, steps_for_nfe
 from motfm.study.run import dry_run, main
 from motfm.study.spec import StudyError, load_study
 
@@ -193,3 +193,16 @@ def test_a_named_run_needs_steps(tmp_path):
     runs = {"fm": {"euler_edm": {"sampler": "euler", "overrides": ["time_grid=edm"]}}}
     with pytest.raises(StudyError, match=r"evaluate.runs.fm.euler_edm must be a list of steps"):
         load_study(write_study(tmp_path, {"fm": ["method=fm"]}, runs))
+
+
+def test_headline_table_pivots_a_metric_by_nfe_with_its_std():
+    rows = [
+        {"model": "fm", "sampler": "euler", "nfe": 1, "fid": 198.04, "fid_std": 2.84},
+        {"model": "fm", "sampler": "euler", "nfe": 10, "fid": 36.4, "fid_std": 1.7},
+        {"model": "ddpm", "sampler": "ddim", "nfe": 10, "fid": 171.5},
+        {"model": "ddpm", "sampler": "ddim", "nfe": 50, "fid": None},
+    ]
+    lines = by_nfe_table(rows, "fid")
+    assert lines[2] == "| model | sampler | NFE 1 | NFE 10 |"  # NFE 50 has no value anywhere
+    assert "| fm | euler | 198.0 ± 2.8 | 36.4 ± 1.7 |" in lines
+    assert "| ddpm | ddim | - | 171.5 |" in lines

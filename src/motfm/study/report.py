@@ -67,6 +67,27 @@ def steps_for_nfe(objective: Any, sampler: str, nfe: int) -> int | None:
     return nfe // per_step if nfe % per_step == 0 else None
 
 
+def by_nfe_table(rows: list[dict[str, Any]], metric: str) -> list[str]:
+    """The headline table: ``metric`` (± its ``_std`` where measured) of each (model, sampler) by NFE."""
+    nfes = sorted({r["nfe"] for r in rows if r.get("nfe") is not None and r.get(metric) is not None})
+    series: dict[tuple[str, str], dict[int, str]] = {}
+    for r in rows:
+        if r.get(metric) is None or r.get("nfe") is None:
+            continue
+        std, spec = r.get(f"{metric}_std"), ".1f" if abs(r[metric]) >= 1 else ".4f"
+        cell = f"{r[metric]:{spec}}" + (f" ± {std:{spec}}" if std is not None else "")
+        series.setdefault((r["model"], str(r["sampler"])), {})[r["nfe"]] = cell
+    lines = [
+        f"## {metric} by number of network evaluations",
+        "",
+        "| model | sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
+        "|---|---|" + "---|" * len(nfes),
+    ]
+    for (model, sampler), cells in series.items():
+        lines.append(f"| {model} | {sampler} | " + " | ".join(cells.get(n, "-") for n in nfes) + " |")
+    return [*lines, ""]
+
+
 def write_results(
     study: Study,
     records: dict[str, dict[str, Any]],
@@ -121,6 +142,7 @@ def write_results(
             if result["pairs"]
             else []
         ),
+        *(by_nfe_table(generated, metrics[0]) if metrics else []),
         "## Samples",
         "",
         markdown_table([*generated, *[r for r in rows if r["model"] == "real"]], columns),
