@@ -85,6 +85,8 @@ class Diffusion(Objective):
         options: SamplerOptions,
     ) -> SampleResult:
         """Run a diffusion sampler from ``noise.x0`` (the same noise flow matching starts from)."""
+        # By default ddpm and ddim clamp x0_hat (method.clip_x0) and dpmpp_2m does not, as diffusers.
+        clip = options.clip_x0 if options.clip_x0 is not None else self.clip_x0 and sampler != "dpmpp_2m"
         x, calls = diffusion_sample(
             lambda x, k: fn(x, self.schedule.net_time(k)),
             noise.x0,
@@ -93,7 +95,7 @@ class Diffusion(Objective):
             steps,
             self.prediction,
             noise_fn=noise.step,
-            clip_x0=self.clip_x0 and sampler != "dpmpp_2m" if options.clip_x0 is None else options.clip_x0,
+            clip_x0=clip,
             eta=options.eta if sampler == "ddim" else 0.0,
         )
         return SampleResult(x=x, nfe=calls * evals_per_call)
