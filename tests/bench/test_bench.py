@@ -44,6 +44,8 @@ def run_bench(tmp_path, *overrides):
                 "nfe=[1,2]",
                 "memory_timeout_s=300",
                 "peak_matmul_size=256",
+                "peak_warmup_s=0",
+                "peak_measure_s=0",
                 f"out_dir={tmp_path}",
                 *overrides,
             ],
@@ -154,7 +156,11 @@ def test_markdown_ratios_auto_check_and_memory_table():
         "python": "3.11",
         "torch": "2",
         "lightning": "2",
-        "matmul_peak_flops": {"fp32": 1e11, "bf16": 2e11},
+        "peak_flops": {"fp32": 1e11, "bf16": 2e11},
+        "peak_probes": {
+            "fp32": {"matmul": 0.9e11, "conv3x3": 1e11, "peak": 1e11},
+            "bf16": {"matmul": 2e11, "conv3x3": 1.5e11, "peak": 2e11},
+        },
         "precision_auto": {"2d": {"name": "bf16", "reason": "AMX"}, "3d": {"name": "fp32", "reason": "-"}},
         "reference": True,
     }
@@ -198,3 +204,13 @@ def test_markdown_ratios_auto_check_and_memory_table():
     assert "| c | fp32 | 1 | 2.00 | 1.00 | 0.50 |" in md  # sampling
     assert "precision=auto on c, evaluation: bf16, 0% slower" in md
     assert "| m | 32³ | 1000 | 500 | 1250 | 0.40 | 1.00 / 1.25 / 1.10 | 1.25 |" in md
+
+
+def test_peak_probes_take_the_better_kernel_and_count_flops():
+    from motfm.bench.timing import peak_flops
+
+    probes = peak_flops(torch.device("cpu"), torch.float32, n=64, warmup_s=0.0, measure_s=0.0)
+    assert set(probes) == {"matmul", "conv3x3", "peak"}
+    assert probes["peak"] == max(probes["matmul"], probes["conv3x3"]) > 0
+    # 2 n^3 FLOPs per matmul: a 64x64 matmul cannot take less than a nanosecond nor more than a second
+    assert 2 * 64**3 < probes["matmul"] < 2 * 64**3 * 1e9

@@ -29,7 +29,7 @@ from motfm.bench.memory import measure_memory
 from motfm.bench.ours import build_ours
 from motfm.bench.reference import build_reference, reference_missing
 from motfm.bench.report import output_stem, to_markdown
-from motfm.bench.timing import count_flops, machine_info, matmul_peak, timed_alternating
+from motfm.bench.timing import count_flops, machine_info, peak_flops, timed_alternating
 from motfm.cli import readable_errors
 from motfm.io.atomic import atomic_open, write_json
 from motfm.runtime import cpu_has_native_bf16, pick_device, resolve_precision
@@ -173,9 +173,11 @@ def run(cfg: DictConfig) -> Path:
     info["reference"] = reference
     native = native_bf16(device)
     n = cfg.peak_matmul_size
-    info["matmul_peak_flops"] = {"fp32": matmul_peak(device, torch.float32, n)}
+    probes = {"fp32": peak_flops(device, torch.float32, n, cfg.peak_warmup_s, cfg.peak_measure_s)}
     if native:
-        info["matmul_peak_flops"]["bf16"] = matmul_peak(device, torch.bfloat16, n)
+        probes["bf16"] = peak_flops(device, torch.bfloat16, n, cfg.peak_warmup_s, cfg.peak_measure_s)
+    info["peak_probes"] = probes
+    info["peak_flops"] = {dtype: p["peak"] for dtype, p in probes.items()}
     auto = {dims: resolve_precision("auto", device, dims) for dims in (2, 3)}
     info["precision_auto"] = {f"{d}d": {"name": p.name, "reason": p.reason} for d, p in auto.items()}
     precisions = []

@@ -30,8 +30,12 @@ def _peak_fraction(flops: int, seconds: float, peak: float | None) -> str:
 
 
 def header(info: dict[str, Any]) -> list[str]:
-    """The machine, the matmul peaks, what precision=auto chose and what was skipped."""
-    peaks = ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in info["matmul_peak_flops"].items())
+    """The machine, the peak FLOP/s probes, what precision=auto chose and what was skipped."""
+    peaks = "; ".join(
+        f"{dtype} {p['peak'] / 1e9:.0f} GFLOP/s "
+        f"(matmul {p['matmul'] / 1e9:.0f}, 3x3 conv {p['conv3x3'] / 1e9:.0f})"
+        for dtype, p in info["peak_probes"].items()
+    )
     auto = "; ".join(f"{d}: {p['name']} ({p['reason']})" for d, p in info["precision_auto"].items())
     lines = [
         f"# motfm benchmark, {info['date']}",
@@ -39,7 +43,7 @@ def header(info: dict[str, Any]) -> list[str]:
         f"- device: {info['device']} ({info['threads']} threads; 1-min load average at the start: "
         f"{info.get('load_average_1min')})",
         f"- python {info['python']}, torch {info['torch']}, lightning {info['lightning']}",
-        f"- matmul peak measured in this run: {peaks}",
+        f"- peak measured in this run (the better of a matmul and a 3x3 convolution): {peaks}",
         f"- precision=auto chooses {auto}",
     ]
     if info.get("reference"):
@@ -56,14 +60,14 @@ def header(info: dict[str, Any]) -> list[str]:
 
 def speed_tables(info: dict[str, Any], results: list[dict[str, Any]]) -> list[str]:
     """Evaluation, training step, sampling and memory, motfm beside the reference, with ratios ours/ref."""
-    peaks = info["matmul_peak_flops"]
+    peaks = info["peak_flops"]
     lines = [
         "",
         "## Speed (ratios ours/ref: time or memory of motfm over the reference; below 1 = motfm better)",
         "",
         "| case | precision | image x batch | params M (motfm / ref) | GFLOP per eval (motfm / ref) | "
         "eval ms motfm | eval ms ref | eval ours/ref | train step ms motfm | train step ms ref | "
-        "train ours/ref | eval GFLOP/s (% of matmul peak) motfm | ref | train peak MiB motfm | ref | "
+        "train ours/ref | eval GFLOP/s (% of peak) motfm | ref | train peak MiB motfm | ref | "
         "memory ours/ref |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
