@@ -3,7 +3,15 @@ import math
 import pytest
 import torch
 
-from motfm.flow.solvers import TIME_GRIDS, guided_velocity, integrate, seed_for, seeded_noise, time_grid
+from motfm.flow.solvers import (
+    TIME_GRIDS,
+    guided_velocity,
+    integrate,
+    seed_for,
+    seeded_noise,
+    solver_nfe,
+    time_grid,
+)
 
 
 def test_euler_constant_field_is_exact_in_one_step():
@@ -53,7 +61,8 @@ def test_nfe_counts(solver, per_step, steps):
         return -x
 
     res = integrate(v, torch.randn(2, 1, 2, 2), solver, steps=steps)
-    assert res.nfe == len(calls) == per_step * steps
+    expected = 2 * steps - 1 if solver == "heun" else per_step * steps  # heun's last step is Euler's
+    assert res.nfe == len(calls) == expected == solver_nfe(solver, steps)
 
 
 def test_dopri5_is_accurate_and_counts():
@@ -153,5 +162,21 @@ def test_nfe_is_exact_on_any_grid():
 
     grid = time_grid(3, "edm")
     res = integrate(v, torch.zeros(2, 1, 2, 2), "heun", 3, grid=grid)
-    assert res.nfe == len(calls) == 6
-    assert calls[0] == 0.0 and calls[-1] == pytest.approx(1.0)  # heun ends with an evaluation at t_N = 1
+    assert res.nfe == len(calls) == 5
+    g = grid.tolist()
+    assert calls == pytest.approx([0.0, g[1], g[1], g[2], g[2]])  # never at t_N = 1
+
+
+def test_heun_never_evaluates_the_field_at_the_data_end():
+    """EDM's Algorithm 1: the last step is Euler's, so whatever the field says at t = 1 cannot matter."""
+    x0 = torch.randn(3, 1, 4, 4)
+
+    def v(x, t):
+        return x + 5.0 * (t[:, None, None, None] == 1.0)  # a velocity that is wrong at t = 1 only
+
+    heun = integrate(v, x0, "heun", steps=4).x
+    exact = integrate(lambda x, t: x, x0, "heun", steps=4).x
+    torch.testing.assert_close(heun, exact)
+    one_step = integrate(lambda x, t: x, x0, "heun", steps=1)
+    assert one_step.nfe == 1  # 1-step heun is 1-step Euler
+    torch.testing.assert_close(one_step.x, 2 * x0)

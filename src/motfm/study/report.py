@@ -19,7 +19,7 @@ from hydra.utils import instantiate  # noqa: E402
 
 from motfm.conditions import Conditions  # noqa: E402
 from motfm.data.pairs import source_data_config  # noqa: E402
-from motfm.flow.solvers import FIXED_STEP_SOLVERS  # noqa: E402
+from motfm.flow.solvers import FIXED_STEP_SOLVERS, solver_nfe  # noqa: E402
 from motfm.io.atomic import atomic_open, atomic_path, write_json  # noqa: E402
 from motfm.io.images import mid_slices  # noqa: E402
 from motfm.loading import load_model  # noqa: E402
@@ -63,8 +63,9 @@ def machine() -> dict[str, Any]:
 
 def steps_for_nfe(objective: Any, sampler: str, nfe: int) -> int | None:
     """Solver steps that cost ``nfe`` evaluations (``None`` when no whole number of steps does)."""
-    per_step = FIXED_STEP_SOLVERS.get(sampler, 1) if objective.name in ("fm", "reflow") else 1
-    return nfe // per_step if nfe % per_step == 0 else None
+    if objective.name not in ("fm", "reflow") or sampler not in FIXED_STEP_SOLVERS:
+        return nfe
+    return next((s for s in range(1, nfe + 1) if solver_nfe(sampler, s) == nfe), None)
 
 
 def by_nfe_table(rows: list[dict[str, Any]], metric: str) -> list[str]:

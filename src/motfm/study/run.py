@@ -26,7 +26,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from motfm.flow.solvers import FIXED_STEP_SOLVERS
+from motfm.flow.solvers import FIXED_STEP_SOLVERS, solver_nfe
 from motfm.io.atomic import write_json
 from motfm.study.spec import PLACEHOLDER, EvalRun, Study, load_study
 
@@ -178,7 +178,9 @@ def evaluate_run(study: Study, model: str, name: str, run: EvalRun, threads: int
 
 def evaluation_cost(run: EvalRun) -> int:
     """Network evaluations per sample of one run: what orders the runs."""
-    return sum(run.steps) * FIXED_STEP_SOLVERS.get(run.sampler, 1)
+    if run.sampler in FIXED_STEP_SOLVERS:
+        return sum(solver_nfe(run.sampler, s) for s in run.steps)
+    return sum(run.steps)
 
 
 def evaluate_models(study: Study, jobs: int = 1) -> list[dict[str, Any]]:
