@@ -218,7 +218,7 @@ def side_by_side(study: Study, path: Path) -> None:
             if j == 0:
                 ax.set_ylabel(label, fontsize=7)
     fig.suptitle(f"{study.name}: same seeds and conditions", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # keep the title clear of the first row
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
