@@ -109,3 +109,28 @@ def test_student_starts_from_the_teacher_and_trains_on_the_pairs(teacher, tmp_pa
     result = train(student_cfg)
     assert torch.isfinite(torch.tensor(result["metrics"]["train/loss"]))
     assert json.loads((tmp_path / "pairs" / "pairs.json").read_text())["teacher_ckpt"] == str(teacher)
+
+
+def test_an_unconditional_teachers_student_trains_on_data_that_has_masks(tmp_path):
+    """The teacher's data has masks and labels it was not conditioned on: its pairs carry neither, so the
+    student's data spec must not ask for them (a 3D study once stopped on "'mask' is missing")."""
+    teacher_cfg = compose_config("train", [*TINY_2D, "trainer.max_epochs=1"], tmp_path / "t")
+    teacher_ckpt = train(teacher_cfg)["last_ckpt"]
+    assert load_model(teacher_ckpt).spec.num_mask_labels > 0  # the real data has masks
+    make_pairs(teacher_ckpt, tmp_path / "pairs")
+    pairs = PairDataset(str(tmp_path / "pairs"), "train", val_fraction=0.2)
+    assert (pairs.spec.num_classes, pairs.spec.num_mask_labels) == (0, 0) and "mask" not in pairs[0]
+    assert PairDataset(str(tmp_path / "pairs"), "test").spec == pairs.spec  # one spec for every split
+    overrides = [
+        *TINY_2D,
+        "method=reflow",
+        "data=pairs",
+        f"data.dataset.root={tmp_path / 'pairs'}",
+        "data.dataset.val_fraction=0.2",
+        "data.batch_size=4",
+        f"init_ckpt={teacher_ckpt}",
+        "+trainer.fast_dev_run=1",
+    ]
+    overrides = [o for o in overrides if not o.startswith("data.dataset.size") and "num_samples" not in o]
+    result = train(compose_config("train", overrides, tmp_path / "student"))
+    assert torch.isfinite(torch.tensor(result["metrics"]["train/loss"]))

@@ -9,6 +9,7 @@ evaluation compares a student with real images, never with its teacher's samples
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,25 @@ def source_data_config(data_cfg: DictConfig | dict[str, Any]) -> DictConfig:
     return data_cfg
 
 
+def carried_spec(spec: DataSpec, shard: dict[str, Any]) -> DataSpec:
+    """The teacher's data spec less the conditions its pairs do not carry.
+
+    A teacher that is not mask (class) conditioned writes no masks (labels): its student, trained on the
+    pairs, must not expect them, while the teacher's real data (the ``test`` split) still has them.
+    """
+    changes: dict[str, Any] = {}
+    if shard.get("labels") is None:
+        changes.update(num_classes=0, class_names=())
+    if shard.get("masks") is None:
+        changes.update(num_mask_labels=0, mask_label_names=())
+    return dataclasses.replace(spec, **changes)
+
+
 class PairDataset(MotfmDataset):
     """The pairs of a folder written by :mod:`motfm.reflow`.
+
+    Its spec is the teacher's data spec less the conditions the pairs do not carry (:func:`carried_spec`),
+    the same for every split.
 
     Args:
         root: the folder holding ``pairs.json`` and ``parts/``.
@@ -56,13 +74,7 @@ class PairDataset(MotfmDataset):
     def __init__(self, root: str, split: str = "train", val_fraction: float = 0.02) -> None:
         self.root = Path(root)
         info = read_pairs_info(self.root)
-        self.spec = DataSpec.from_dict(info["data_spec"])
         self.split = split
-        if split == "test":
-            real = instantiate(OmegaConf.create(info["data"])).dataset("test")
-            self.real, self.shards, self.starts, self.index = real, [], [], range(len(real))
-            return
-        self.real = None
         files = sorted((self.root / "parts").glob("part_*.pt"))
         if not files:
             raise DataError(f"{self.root}/parts: no pair shards")
@@ -72,6 +84,12 @@ class PairDataset(MotfmDataset):
                 self.shards.append(torch.load(f, map_location="cpu", weights_only=True, mmap=True))
             except Exception as err:  # truncated or foreign file
                 raise DataError(f"{f}: cannot be read as a pair shard ({type(err).__name__}: {err})") from err
+        self.spec = carried_spec(DataSpec.from_dict(info["data_spec"]), self.shards[0])
+        if split == "test":
+            real = instantiate(OmegaConf.create(info["data"])).dataset("test")
+            self.real, self.shards, self.starts, self.index = real, [], [], range(len(real))
+            return
+        self.real = None
         self.starts = [0]
         for shard in self.shards:
             self.starts.append(self.starts[-1] + shard["images"].shape[0])
