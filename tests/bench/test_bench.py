@@ -92,6 +92,11 @@ def test_reference_runs_alternating_on_a_tiny_config(tmp_path, monkeypatch):
     # here, 1 float channel there)
     assert ours["eval_flops"] == pytest.approx(ref["eval_flops"], rel=0.02)
     assert "| tiny | fp32 | 16x16 x 2 |" in md and "ours/ref" in md
+    for c in (ours, ref):  # the profile of one evaluation: convolutions among the top operators
+        shares = [op["share"] for op in c["eval_profile"]]
+        assert 0 < sum(shares) <= 1 + 1e-6 and shares == sorted(shares, reverse=True)
+        assert any("conv" in op["op"] for op in c["eval_profile"]), c["eval_profile"]
+    assert "## Where one evaluation spends its time" in md
 
 
 @pytest.mark.skipif(reference_missing() is not None, reason=f"reference stack: {reference_missing()}")
@@ -166,7 +171,14 @@ def test_markdown_ratios_auto_check_and_memory_table():
     }
 
     def result(precision, eval_s, ref_eval_s):
-        side = {"params": 1e6, "eval_flops": 1e9, "train_flops": 3e9, "train_step_s": 2.0, "notes": []}
+        side = {
+            "params": 1e6,
+            "eval_flops": 1e9,
+            "train_flops": 3e9,
+            "train_step_s": 2.0,
+            "notes": [],
+            "eval_profile": [{"op": "aten::conv2d", "ms": 30.0, "share": 0.6, "calls": 4}],
+        }
         return {
             "case": "c",
             "precision": precision,
@@ -204,6 +216,7 @@ def test_markdown_ratios_auto_check_and_memory_table():
     assert "| c | fp32 | 1 | 2.00 | 1.00 | 0.50 |" in md  # sampling
     assert "precision=auto on c, evaluation: bf16, 0% slower" in md
     assert "| m | 32³ | 1000 | 500 | 1250 | 0.40 | 1.00 / 1.25 / 1.10 | 1.25 |" in md
+    assert "| `aten::conv2d` 30 ms (60%) | `aten::conv2d` 30 ms (60%) |" in md  # motfm | reference
 
 
 def test_peak_probes_take_the_better_kernel_and_count_flops():

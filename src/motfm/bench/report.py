@@ -165,7 +165,29 @@ def memory_section(rows: list[dict[str, Any]]) -> list[str]:
     return lines + ([""] + errors if errors else [])
 
 
+def profile_section(results: list[dict[str, Any]]) -> list[str]:
+    """Per case: the operators with the most self time in one evaluation, motfm beside the reference."""
+    lines: list[str] = []
+    for r in results:
+        cands = {n: c["eval_profile"] for n, c in r["candidates"].items() if c.get("eval_profile")}
+        if not cands:
+            continue
+        if not lines:
+            title = "## Where one evaluation spends its time (torch.profiler self time, share of the call)"
+            lines = ["", title]
+        lines += ["", f"**{r['case']}, {r['precision']}**", "", "| " + " | ".join(cands) + " |"]
+        lines.append("|" + "---|" * len(cands))
+        for i in range(max(len(p) for p in cands.values())):
+            cells = []
+            for p in cands.values():
+                op = p[i] if i < len(p) else None
+                cells.append(f"`{op['op']}` {op['ms']:.0f} ms ({100 * op['share']:.0f}%)" if op else "")
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def to_markdown(info: dict[str, Any], results: list[dict[str, Any]], memory: list[dict[str, Any]]) -> str:
     """The readable summary of a benchmark run."""
     sections = header(info) + speed_tables(info, results) + auto_check(info, results) + memory_section(memory)
+    sections += profile_section(results)
     return "\n".join(sections) + "\n"
