@@ -8,6 +8,7 @@ import torch
 
 from cli_helpers import TINY_2D, compose_config
 from motfm.data.pairs import PairDataset
+from motfm.evaluate import evaluate
 from motfm.lit.module import GenerativeModule
 from motfm.loading import load_model
 from motfm.reflow import generate_pairs
@@ -129,8 +130,28 @@ def test_an_unconditional_teachers_student_trains_on_data_that_has_masks(tmp_pat
         "data.dataset.val_fraction=0.2",
         "data.batch_size=4",
         f"init_ckpt={teacher_ckpt}",
-        "+trainer.fast_dev_run=1",
+        "trainer.max_epochs=1",
     ]
     overrides = [o for o in overrides if not o.startswith("data.dataset.size") and "num_samples" not in o]
     result = train(compose_config("train", overrides, tmp_path / "student"))
     assert torch.isfinite(torch.tensor(result["metrics"]["train/loss"]))
+    # evaluated against the real data, whose masks the student never saw: Dice against random real masks,
+    # with the real data's labels (it once failed with an empty label list)
+    eval_overrides = [
+        f"ckpt_path={result['last_ckpt']}",
+        f"out_dir={tmp_path / 'eval'}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "steps=[1]",
+        "extractor=random_conv",
+        "num_samples=4",
+        "batch_size=4",
+        "kid_subsets=5",
+        "ms_ssim_pairs=5",
+        "cmmd=false",
+    ]
+    (row,) = [
+        r
+        for r in evaluate(compose_config("evaluate", eval_overrides, tmp_path / "eval"))["results"]
+        if r.get("nfe") == 1
+    ]
+    assert 0 <= row["dice_vs_random_real"] <= 1 and "dice_vs_random_real/myocardium" in row

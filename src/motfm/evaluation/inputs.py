@@ -58,12 +58,15 @@ class Source:
 
 @dataclass
 class Reference:
-    """Real items: images ``[N, C, *spatial]``, labels ``[N]`` and masks ``[N, 1, *spatial]``."""
+    """Real items: images ``[N, C, *spatial]``, labels ``[N]`` and masks ``[N, 1, *spatial]``, and the spec
+    of the dataset they come from (which may describe more than the evaluated model uses: a reflow student of
+    an unconditional teacher has no mask labels, its real data has)."""
 
     images: Tensor
     labels: Tensor | None
     masks: Tensor | None
     affine: np.ndarray | None
+    spec: DataSpec
 
 
 @dataclass
@@ -160,6 +163,7 @@ def load_reference(data_cfg: DictConfig, split: str, num_ref: int | None, min_it
         labels,
         masks,
         None if affine is None else np.asarray(affine, np.float64),
+        ds.spec,
     )
 
 

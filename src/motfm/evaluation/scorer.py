@@ -88,8 +88,9 @@ class Scorer:
             self.classifier = load_or_train(
                 dataset_cfg, cfg.paths.cache_dir, device, **OmegaConf.to_container(cfg.phantom_classifier)
             )
-        self.label_names = list(source.spec.mask_label_names) or [
-            str(k) for k in range(source.spec.num_mask_labels)
+        # the labels of the masks the segmenter is scored against: the real data's, not the model's
+        self.label_names = list(reference.spec.mask_label_names) or [
+            str(k) for k in range(reference.spec.num_mask_labels)
         ]
 
     def note(self, text: str) -> None:
