@@ -104,10 +104,10 @@ def peak_flops(
     """Achieved FLOP/s of two dense kernels: the reference for "fraction of peak".
 
     An ``n x n`` matmul (the BLAS) and a 3x3 convolution of 256 channels on 8 x 32 x 32 (oneDNN, the
-    kernel the UNets spend their time in); the peak is the better of the two. The matmul alone is not
-    enough: on an AMD EPYC with AVX2, MKL's matmul read 70-75% of what oneDNN's convolutions achieve,
-    which put the networks at "140% of peak". Each probe runs untimed for ``warmup_s`` first (thread
-    pool start, clock ramp-up), then its best call over at least ``measure_s`` seconds counts.
+    kernel the UNets spend their time in); the peak is the better of the two. Each probe runs untimed for
+    ``warmup_s`` first (thread pool start, clock ramp-up: with a single warm-up call the matmul read 84
+    GFLOP/s on a 2-core AVX2 EPYC, warmed up 160, the convolution 172), then its best call over at least
+    ``measure_s`` seconds counts.
 
     Args:
         device: where to measure.
