@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cli_helpers import TINY_2D, compose_config
+from motfm.data.base import DataError
 from motfm.data.pairs import PairDataset
 from motfm.evaluate import evaluate
 from motfm.lit.module import GenerativeModule
@@ -34,6 +35,21 @@ def make_pairs(teacher, out_dir, *overrides):
         *overrides,
     ]
     return generate_pairs(compose_config("reflow", args, out_dir))
+
+
+def student_overrides(pairs, teacher_ckpt, *extra):
+    """A reflow student of ``teacher_ckpt`` on ``pairs``, tiny, the data's size taken from the pairs."""
+    overrides = [
+        *TINY_2D,
+        "method=reflow",
+        "data=pairs",
+        f"data.dataset.root={pairs}",
+        "data.dataset.val_fraction=0.2",
+        "data.batch_size=4",
+        f"init_ckpt={teacher_ckpt}",
+        *extra,
+    ]
+    return [o for o in overrides if not o.startswith("data.dataset.size") and "num_samples" not in o]
 
 
 def shards(folder):
@@ -88,19 +104,8 @@ def test_pair_generation_is_reproducible_and_resumes_identically(teacher, tmp_pa
 @pytest.mark.parametrize("distill", [False, True])
 def test_student_starts_from_the_teacher_and_trains_on_the_pairs(teacher, tmp_path, distill):
     make_pairs(teacher, tmp_path / "pairs")
-    overrides = [
-        *TINY_2D,
-        MASK_CLASS,
-        "method=reflow",
-        f"method.distill={str(distill).lower()}",
-        "data=pairs",
-        f"data.dataset.root={tmp_path / 'pairs'}",
-        "data.dataset.val_fraction=0.2",
-        "data.batch_size=4",
-        f"init_ckpt={teacher}",
-        "+trainer.fast_dev_run=1",
-    ]
-    overrides = [o for o in overrides if not o.startswith("data.dataset.size") and "num_samples" not in o]
+    extra = [MASK_CLASS, f"method.distill={str(distill).lower()}", "+trainer.fast_dev_run=1"]
+    overrides = student_overrides(tmp_path / "pairs", teacher, *extra)
     student_cfg = compose_config("train", overrides, tmp_path / "student")
     module = GenerativeModule.from_config(student_cfg, PairDataset(str(tmp_path / "pairs")).spec)
     teacher_net = load_model(teacher).net
@@ -122,17 +127,7 @@ def test_an_unconditional_teachers_student_trains_on_data_that_has_masks(tmp_pat
     pairs = PairDataset(str(tmp_path / "pairs"), "train", val_fraction=0.2)
     assert (pairs.spec.num_classes, pairs.spec.num_mask_labels) == (0, 0) and "mask" not in pairs[0]
     assert PairDataset(str(tmp_path / "pairs"), "test").spec == pairs.spec  # one spec for every split
-    overrides = [
-        *TINY_2D,
-        "method=reflow",
-        "data=pairs",
-        f"data.dataset.root={tmp_path / 'pairs'}",
-        "data.dataset.val_fraction=0.2",
-        "data.batch_size=4",
-        f"init_ckpt={teacher_ckpt}",
-        "trainer.max_epochs=1",
-    ]
-    overrides = [o for o in overrides if not o.startswith("data.dataset.size") and "num_samples" not in o]
+    overrides = student_overrides(tmp_path / "pairs", teacher_ckpt, "trainer.max_epochs=1")
     result = train(compose_config("train", overrides, tmp_path / "student"))
     assert torch.isfinite(torch.tensor(result["metrics"]["train/loss"]))
     # evaluated against the real data, whose masks the student never saw: Dice against random real masks,
@@ -155,3 +150,11 @@ def test_an_unconditional_teachers_student_trains_on_data_that_has_masks(tmp_pat
         if r.get("nfe") == 1
     ]
     assert 0 <= row["dice_vs_random_real"] <= 1 and "dice_vs_random_real/myocardium" in row
+
+
+def test_a_truncated_pair_shard_is_one_error_naming_it(teacher, tmp_path):
+    make_pairs(teacher, tmp_path)
+    shard = tmp_path / "parts" / "part_000004.pt"
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(DataError, match=r"part_000004\.pt: cannot be read as a pair shard"):
+        PairDataset(str(tmp_path), "train")

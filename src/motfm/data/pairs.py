@@ -45,6 +45,14 @@ def source_data_config(data_cfg: DictConfig | dict[str, Any]) -> DictConfig:
     return data_cfg
 
 
+def _read_shard(path: Path) -> dict[str, Any]:
+    """One pair shard, memory-mapped; a truncated or foreign file is a :class:`DataError` naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # truncated or foreign file
+        raise DataError(f"{path}: cannot be read as a pair shard ({type(err).__name__}: {err})") from err
+
+
 def carried_spec(spec: DataSpec, shard: dict[str, Any]) -> DataSpec:
     """The teacher's data spec less the conditions its pairs do not carry.
 
@@ -78,18 +86,14 @@ class PairDataset(MotfmDataset):
         files = sorted((self.root / "parts").glob("part_*.pt"))
         if not files:
             raise DataError(f"{self.root}/parts: no pair shards")
-        self.shards = []
-        for f in files:
-            try:
-                self.shards.append(torch.load(f, map_location="cpu", weights_only=True, mmap=True))
-            except Exception as err:  # truncated or foreign file
-                raise DataError(f"{f}: cannot be read as a pair shard ({type(err).__name__}: {err})") from err
-        self.spec = carried_spec(DataSpec.from_dict(info["data_spec"]), self.shards[0])
+        first = _read_shard(files[0])
+        self.spec = carried_spec(DataSpec.from_dict(info["data_spec"]), first)
         if split == "test":
             real = instantiate(OmegaConf.create(info["data"])).dataset("test")
             self.real, self.shards, self.starts, self.index = real, [], [], range(len(real))
             return
         self.real = None
+        self.shards = [first, *(_read_shard(f) for f in files[1:])]
         self.starts = [0]
         for shard in self.shards:
             self.starts.append(self.starts[-1] + shard["images"].shape[0])
