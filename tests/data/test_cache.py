@@ -11,7 +11,14 @@ from torch.utils.data import DataLoader
 
 from data.fixtures import write_camus
 from motfm.data.base import DataError
-from motfm.data.cache import ArrayStore, Record, cache_key, entry_complete, file_fingerprint, write_entry
+from motfm.data.cache_entry import (
+    ArrayStore,
+    Record,
+    cache_key,
+    entry_complete,
+    file_fingerprint,
+    write_entry,
+)
 from motfm.data.camus import CamusDataset
 from motfm.data.datamodule import collate
 from motfm.data.splits import assign_groups, check_fractions, select_split

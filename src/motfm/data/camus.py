@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from motfm.data.base import DataError, DataSpec
-from motfm.data.cache import DEFAULT_CACHE_DIR, CachedDataset, Case, Record
+from motfm.data.cache import DEFAULT_CACHE_DIR, CachedDataset
+from motfm.data.cache_entry import Case, Record
 from motfm.data.metaimage import read_metaimage
 from motfm.data.msd import read_nifti
 from motfm.data.splits import DEFAULT_FRACTIONS, select_split

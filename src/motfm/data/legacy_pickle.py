@@ -6,8 +6,8 @@ map), optional ``class`` (int or str) and optional ``metadata`` (dict) / ``name`
 
 Unpickling runs arbitrary code, so a pickle is only opened with ``trust_pickle=True``
 (``data.dataset.trust_pickle=true``). :func:`convert_pickle` (``scripts/convert_pickle.py``) writes the file
-once into the suite's own format (``.npy`` arrays + JSON, see :mod:`motfm.data.cache`); ``root`` may then
-name the converted folder and no pickle is opened again.
+once into the suite's own format (``.npy`` arrays + JSON, see :mod:`motfm.data.cache_entry`); ``root`` may
+then name the converted folder and no pickle is opened again.
 
 Decisions taken over the whole file (never per split):
 
@@ -31,15 +31,8 @@ from typing import Any
 import numpy as np
 
 from motfm.data.base import DataError, DataSpec
-from motfm.data.cache import (
-    DEFAULT_CACHE_DIR,
-    ArrayStore,
-    CachedDataset,
-    Case,
-    Record,
-    entry_complete,
-    write_entry,
-)
+from motfm.data.cache import DEFAULT_CACHE_DIR, CachedDataset
+from motfm.data.cache_entry import ArrayStore, Case, Record, entry_complete, write_entry
 from motfm.data.splits import SPLITS
 from motfm.data.transforms import as_size, resize_image, resize_mask
 from motfm.progress import progress

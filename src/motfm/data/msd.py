@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from motfm.data.base import DataError, DataSpec
-from motfm.data.cache import DEFAULT_CACHE_DIR, CachedDataset, Case, Record
+from motfm.data.cache import DEFAULT_CACHE_DIR, CachedDataset
+from motfm.data.cache_entry import Case, Record
 from motfm.data.splits import DEFAULT_FRACTIONS, select_split
 from motfm.data.transforms import as_size
 
