@@ -1,5 +1,6 @@
 import pytest
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 from cli_helpers import TINY_2D, TINY_3D, compose_config
 from motfm.checkpoint import read_checkpoint
@@ -102,3 +103,23 @@ def test_compute_budget_stops_training_and_saves_the_last_step(tmp_path):
     ckpt = read_checkpoint(result["last_ckpt"])
     assert 1 <= ckpt["global_step"] < 1000
     assert result["metrics"]["train/cpu_seconds"] >= 0.5
+
+
+def test_progress_bar_reads_the_metrics_only_every_log_interval(tmp_path, monkeypatch):
+    # reading them copies the loss to the host: on a GPU a synchronisation, so not every step
+    reads = []
+    original = TQDMProgressBar.get_metrics
+
+    def counted(self, trainer, module):
+        reads.append(trainer.training)
+        return original(self, trainer, module)
+
+    monkeypatch.setattr(TQDMProgressBar, "get_metrics", counted)
+    overrides = ["trainer.max_epochs=2", "trainer.log_every_n_steps=4", "trainer.enable_progress_bar=true"]
+    train(compose_config("train", [*TINY_2D, *overrides], tmp_path))
+    assert 0 < sum(reads) <= 4  # 8 steps: at steps 4 and 8, and at each epoch's end (every step: 10)
+    train(
+        compose_config(
+            "train", [*TINY_2D, "trainer.max_steps=2", "trainer.enable_progress_bar=false"], tmp_path
+        )
+    )
