@@ -9,7 +9,7 @@ import pytest
 from cli_helpers import TINY_2D
 from motfm.objectives.diffusion import Diffusion
 from motfm.objectives.flow_matching import FlowMatching
-from motfm.study.report import by_nfe_table, plot_metric, steps_for_nfe
+from motfm.study.report import by_nfe_table, figure_rows, plot_metric, steps_for_nfe
 from motfm.study.run import dry_run, main
 from motfm.study.spec import StudyError, load_study
 
@@ -51,6 +51,31 @@ def test_study_file_errors_name_the_file_and_the_problem(tmp_path):
     (tmp_path / "bad.yaml").write_text("name: x\n")
     with pytest.raises(StudyError, match="bad.yaml: malformed study"):
         load_study(tmp_path / "bad.yaml")
+
+
+def test_figure_rows_take_their_sampler_and_sampling_settings_from_evaluation_runs(tmp_path):
+    runs = {
+        "fm": {
+            "euler": [1],
+            "bf16": {
+                "sampler": "heun",
+                "steps": [2],
+                "overrides": ["precision=bf16", "time_grid=edm", "seed=3"],
+            },
+        }
+    }
+    figure = {"models": {"fm": "euler"}, "runs": ["fm/bf16", "fm/euler"]}
+    rows = figure_rows(load_study(write_study(tmp_path, {"fm": ["method=fm"]}, runs, figure)))
+    assert [(m, name, sampler) for m, name, sampler, _ in rows] == [
+        ("fm", "euler", "euler"),
+        ("fm", "bf16 (heun)", "heun"),
+        ("fm", "euler (euler)", "euler"),
+    ]
+    assert dict(rows[0][3]) == {} and dict(rows[2][3]) == {}
+    assert dict(rows[1][3]) == {"precision": "bf16", "time_grid": "edm"}  # not the seed, not the extractor
+    path = write_study(tmp_path, {"fm": ["method=fm"]}, runs, {"runs": ["fm/fp32"]})
+    with pytest.raises(StudyError, match=r"figure.runs names 'fm/fp32', which is not an evaluate run"):
+        load_study(path)
 
 
 def test_dry_run_builds_every_model(tmp_path):
@@ -107,8 +132,14 @@ def test_tiny_study_end_to_end(tmp_path):
     path = write_study(
         tmp_path,
         {"fm": ["method=fm"], "ddpm": ["method=ddpm"]},
-        {"fm": {"euler": [1, 2]}, "ddpm": {"dpmpp_2m": [1, 2]}},
-        {"models": {"fm": "euler", "ddpm": "dpmpp_2m"}, "nfe": [1, 2], "num_samples": 2},
+        {
+            "fm": {
+                "euler": [1, 2],
+                "bf16": {"sampler": "euler", "steps": [1], "overrides": ["precision=bf16"]},
+            },
+            "ddpm": {"dpmpp_2m": [1, 2]},
+        },
+        {"models": {"fm": "euler", "ddpm": "dpmpp_2m"}, "runs": ["fm/bf16"], "nfe": [1, 2], "num_samples": 2},
     )
     main([str(path)])
     results = json.loads((tmp_path / "results" / "results.json").read_text())
@@ -116,6 +147,7 @@ def test_tiny_study_end_to_end(tmp_path):
     assert generated == [
         ("fm", "euler", 1),
         ("fm", "euler", 2),
+        ("fm", "bf16", 1),
         ("ddpm", "dpmpp_2m", 1),
         ("ddpm", "dpmpp_2m", 2),
     ]

@@ -16,15 +16,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from motfm.conditions import Conditions  # noqa: E402
 from motfm.data.pairs import source_data_config  # noqa: E402
 from motfm.flow.solvers import FIXED_STEP_SOLVERS, solver_nfe  # noqa: E402
 from motfm.io.atomic import atomic_open, atomic_path, write_json  # noqa: E402
 from motfm.io.images import mid_slices  # noqa: E402
-from motfm.loading import load_model  # noqa: E402
+from motfm.loading import LoadedModel, load_model  # noqa: E402
 from motfm.metrics.report import markdown_table  # noqa: E402
-from motfm.sample import generate_batch  # noqa: E402
+from motfm.runtime import resolve_precision  # noqa: E402
+from motfm.sample import generate_batch, sampler_options  # noqa: E402
 from motfm.study.spec import Study  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -182,28 +184,66 @@ def plot_metric(rows: list[dict[str, Any]], metric: str, path: Path, title: str)
     plt.close(fig)
 
 
+SAMPLING_KEYS = (
+    "precision", "guidance_scale", "time_grid", "time_shift", "rho", "rtol", "atol", "eta", "clip_x0"
+)  # fmt: skip
+
+
+def sampling_config(overrides: list[str]) -> DictConfig:
+    """The sampling settings (:data:`SAMPLING_KEYS`) among ``key=value`` evaluation overrides; later wins."""
+    kept = [o for o in overrides if o.partition("=")[0] in SAMPLING_KEYS]
+    return OmegaConf.from_dotlist(kept)
+
+
+def figure_rows(study: Study) -> list[tuple[str, str, str, DictConfig]]:
+    """``(model, row name, sampler, sampling config)`` of each figure row: ``figure.models`` (model ->
+    sampler, default settings), then ``figure.runs`` (``MODEL/RUN``: that evaluation run's sampler and
+    settings)."""
+    rows = [(m, str(s), str(s), OmegaConf.create()) for m, s in (study.figure.get("models") or {}).items()]
+    for entry in study.figure.get("runs") or []:
+        model, _, name = str(entry).partition("/")
+        run = study.runs[model][name]
+        cfg = sampling_config([*study.eval_common, *run.overrides])
+        rows.append((model, f"{name} ({run.sampler})", run.sampler, cfg))
+    return rows
+
+
 def side_by_side(study: Study, path: Path) -> None:
-    """The same seeds and conditions through each figure model at each NFE (rows: model@NFE)."""
+    """The same seeds and conditions through each figure row at each NFE (rows: model / run @ NFE)."""
     fig_cfg = study.figure
     nfes, n = list(fig_cfg.get("nfe", [1, 5, 10])), int(fig_cfg.get("num_samples", 6))
-    models = dict(fig_cfg["models"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows: list[tuple[str, torch.Tensor]] = []
     masks = None
-    for model_name, sampler in models.items():
-        model = load_model(study.out_dir / model_name / "train" / "checkpoints" / "last.ckpt", device=device)
+    models: dict[str, LoadedModel] = {}
+    for model_name, row_name, sampler, cfg in figure_rows(study):
+        if model_name not in models:
+            ckpt = study.out_dir / model_name / "train" / "checkpoints" / "last.ckpt"
+            models[model_name] = load_model(ckpt, device=device)
+        model = models[model_name]
         data_cfg = source_data_config(model.config["data"])
         ds = instantiate(data_cfg).dataset("test")
         items = [ds[i] for i in range(n)]
         labels = torch.stack([s["label"] for s in items]) if model.net.num_classes else None
         masks = torch.stack([s["mask"] for s in items]) if model.net.num_mask_labels else masks
         conditions = Conditions(labels, masks if model.net.num_mask_labels else None, "data:test")
+        precision = resolve_precision(cfg.get("precision", "fp32"), device, model.spec.spatial_dims).name
         for nfe in nfes:
             steps = steps_for_nfe(model.objective, sampler, nfe)
             if steps is None:
                 continue
-            images, used, _ = generate_batch(model, list(range(n)), 0, sampler, steps, conditions)
-            rows.append((f"{model_name}\n{sampler}, NFE {used}", images))
+            images, used, _ = generate_batch(
+                model,
+                list(range(n)),
+                0,
+                sampler,
+                steps,
+                conditions,
+                guidance_scale=float(cfg.get("guidance_scale", 1.0)),
+                precision=precision,
+                options=sampler_options(cfg),
+            )
+            rows.append((f"{model_name}\n{row_name}, NFE {used}", images))
     if masks is not None:
         rows.insert(0, ("condition\n(mask)", masks.float() / masks.max().clamp(min=1) * 2 - 1))
     fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n + 1.2, 1.35 * len(rows)), squeeze=False)

@@ -14,6 +14,8 @@ A study file (YAML) holds::
       # or a named run with its own evaluation overrides (rows and plots show the name as the sampler):
       #   ddpm: {dpmpp_2m_clip: {sampler: dpmpp_2m, steps: [1, 2, 5], overrides: [clip_x0=true]}}
     figure: {models: {fm_ot: euler, ddpm: dpmpp_2m}, nfe: [1, 5, 10], num_samples: 6}
+    # or rows from evaluation runs, each with that run's sampler and sampling settings (precision, grid):
+    #   figure: {runs: [fm_ot/fp32, fm_ot/bf16], nfe: [1, 5], num_samples: 6}
     metrics: [fid, kid, ms_ssim, dice, label_acc]
     pairs:                                            # optional: reflow pairs from a trained model
       fm_pairs: {teacher: fm_ot, overrides: [num_pairs=2048, sampler=midpoint, steps=25]}
@@ -126,6 +128,10 @@ def load_study(path: str | Path, out_dir: str | Path | None = None) -> Study:
         )
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise StudyError(f"{path}: malformed study ({type(err).__name__}: {err})") from None
+    for entry in study.figure.get("runs") or []:
+        model, _, name = str(entry).partition("/")
+        if name not in study.runs.get(model, {}):
+            raise StudyError(f"{path}: figure.runs names {entry!r}, which is not an evaluate run (MODEL/RUN)")
     teachers = {p["teacher"] for p in study.pairs.values()}
     unknown = (set(study.runs) | set(study.figure.get("models", {})) | teachers) - set(study.models)
     if unknown:
