@@ -1,21 +1,14 @@
-"""The preprocessing cache, and the dataset base class that reads every real dataset from it.
+"""The dataset base class that preprocesses every real dataset once and reads it from the cache.
 
 Reading and resampling medical images (3D volumes especially) is slow, so each split is preprocessed once
-into a cache entry, a folder of memory-mapped arrays::
-
-    <cache_dir>/<dataset>/<split>-<key>/
-        images.npy   float32 [N, C, *spatial]   values in [-1, 1]
-        masks.npy    uint8   [N, 1, *spatial]   (when the dataset has masks)
-        labels.npy   int64   [N]                (when the dataset has class labels)
-        index.json   {"format_version", "dataset", "split", "options", "spec", "meta": [per-sample dicts],
-                      "skipped": [...]}
+into a cache entry, a folder of memory-mapped arrays and an index (:mod:`motfm.data.cache_entry`) at
+``<cache_dir>/<dataset>/<split>-<key>/``.
 
 ``key`` hashes the dataset name, the root, the split, every input file with its size and modification time,
 and every preprocessing option, so that a changed file or option builds a new entry and an unchanged one is
-reused without opening a single source file. An entry is built in a temporary folder beside its final name
-and renamed into place when complete, so a crash (or a second process building the same entry) never leaves
-a half-written entry behind. All reading and checking of the source files happens while the dataset is
-constructed, in the main process, never inside a DataLoader worker.
+reused without opening a single source file. Entries are written atomically, so a crash (or a second process
+building the same entry) never leaves a half-written entry behind. All reading and checking of the source
+files happens while the dataset is constructed, in the main process, never inside a DataLoader worker.
 """
 
 from __future__ import annotations
