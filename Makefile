@@ -42,12 +42,12 @@ test-all: install
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
 lint: install
-	$(BIN)/ruff check src tests scripts
-	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/ruff check src tests scripts experiments
+	$(BIN)/ruff format --check src tests scripts experiments
 
 format: install
-	$(BIN)/ruff check --fix src tests scripts
-	$(BIN)/ruff format src tests scripts
+	$(BIN)/ruff check --fix src tests scripts experiments
+	$(BIN)/ruff format src tests scripts experiments
 
 # Extra arguments, e.g. BENCH_ARGS="out_dir=/tmp/bench" or "bench=gpu device=cuda".
 BENCH_ARGS ?=

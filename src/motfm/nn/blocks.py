@@ -6,14 +6,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from motfm.nn.conv3d import Conv3d
 from motfm.nn.forward_ad import forward_ad_active
 
 RESAMPLES = (None, "down", "up")
 
 
 def conv_nd(spatial_dims: int, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1) -> nn.Module:
-    """A 2D or 3D convolution with 'same' padding for odd kernels."""
-    conv = {2: nn.Conv2d, 3: nn.Conv3d}[spatial_dims]
+    """A 2D or 3D convolution with 'same' padding for odd kernels (3D: :class:`motfm.nn.conv3d.Conv3d`)."""
+    conv = {2: nn.Conv2d, 3: Conv3d}[spatial_dims]
     return conv(in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2)
 
 
