@@ -227,3 +227,16 @@ def test_peak_probes_take_the_better_kernel_and_count_flops():
     assert probes["peak"] == max(probes["matmul"], probes["conv3x3"]) > 0
     # 2 n^3 FLOPs per matmul: a 64x64 matmul cannot take less than a nanosecond nor more than a second
     assert 2 * 64**3 < probes["matmul"] < 2 * 64**3 * 1e9
+
+
+def test_flops_of_the_onednn_routed_conv3d_are_counted_like_a_convolution():
+    from motfm.bench.timing import count_flops
+    from motfm.nn.conv3d import Conv3d, routes_to_onednn
+
+    conv = Conv3d(4, 8, 3, padding=1)
+    x = torch.randn(1, 4, 8, 8, 8)
+    assert routes_to_onednn(x, conv)
+    expected = 2 * 8 * 4 * 27 * 8**3  # 2 x C_out x C_in x taps x output voxels
+    assert count_flops(lambda: conv(x)) == expected
+    xg = x.clone().requires_grad_()
+    assert count_flops(lambda: conv(xg).sum().backward()) == 3 * expected  # + grad input + grad weight

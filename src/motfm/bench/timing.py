@@ -13,7 +13,12 @@ from typing import Any
 
 import lightning
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    conv_flop_count,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
 
 aten = torch.ops.aten
 
@@ -28,11 +33,18 @@ def _cpu_sdpa_backward_flops(grad: Any, query: Any, key: Any, value: Any, *args:
     return sdpa_backward_flop_count(grad, query, key, value)
 
 
+def _onednn_conv_flops(x_shape: Any, w_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    return conv_flop_count(x_shape, w_shape, out_shape)
+
+
 # torch.utils.flop_counter counts the CUDA attention kernels but not the CPU one (it would count 0 FLOPs for
-# the suite's attention on a CPU, while the reference's bmm-based attention is counted).
-CPU_ATTENTION_FLOPS = {
+# the suite's attention on a CPU, while the reference's bmm-based attention is counted), and counts
+# aten.convolution but not the oneDNN operator that motfm.nn.conv3d.Conv3d calls directly (its backward is
+# aten.convolution_backward, which is counted).
+CPU_KERNEL_FLOPS = {
     aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
     aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops,
+    aten.mkldnn_convolution: _onednn_conv_flops,
 }
 
 
@@ -73,7 +85,7 @@ def timed_alternating(
 
 def count_flops(fn: Callable[[], Any]) -> int:
     """FLOPs of one call of ``fn`` (matmuls, convolutions and attention, by ``torch.utils.flop_counter``)."""
-    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
+    with FlopCounterMode(display=False, custom_mapping=CPU_KERNEL_FLOPS) as counter:
         fn()
     return counter.get_total_flops()
 
