@@ -136,3 +136,24 @@ def test_one_hot_mask_and_class_embedding_checks():
     assert emb(torch.tensor([0, 3])).shape == (2, 2, 8)
     with pytest.raises(ValueError, match="class labels span"):
         emb.check_labels(torch.tensor([4]))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_channels_last_reaches_the_residual_stream_of_one_channel_images(dims):
+    # a [B, 1, ...] image is both layouts at once: the channels-last weights of conv_in must set the stream's
+    spec = spec_for(dims, 8)
+    nets = {
+        fmt: randomize(
+            build_velocity_net(spec, spatial_dims=dims, conditioning=("mask",), channels_last=fmt, **TINY)
+        )
+        for fmt in (True, False)
+    }
+    layouts = []
+    block = nets[True].unet.encoder.levels[0][0]
+    block.register_forward_pre_hook(lambda mod, args: layouts.append(args[0].is_contiguous()))
+    for b in (1, 2):  # batch 1: the 3D convolutions go to oneDNN directly (motfm.nn.conv3d)
+        x, t, _, mask = inputs(dims, b=b, size=8)
+        with torch.no_grad():
+            out = nets[True](x, t, mask=mask)
+            assert torch.allclose(out, nets[False](x, t, mask=mask), atol=1e-5)
+    assert layouts == [False, False]  # channels-last, not contiguous
