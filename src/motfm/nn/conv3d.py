@@ -4,7 +4,7 @@ PyTorch chooses the CPU kernel of a float32 convolution by a rule written for 2D
 (``ConvParams::use_mkldnn`` in ``aten/src/ATen/native/Convolution.cpp``): a batch of one goes to oneDNN only
 if ``N * C * D * H > 20480``; the width is not counted. Every smaller 3D batch of one falls to
 ``aten::slow_conv3d_forward`` (im2col and a GEMM): for a 3x3x3 kernel on channels-last volumes of 4^3 to
-32^3, 1.5-16x slower than oneDNN in the forward pass and 1.05-1.8x forward + backward (2-core AVX2 EPYC,
+32^3, 1.2-14x slower than oneDNN in the forward pass and up to 1.6x forward + backward (2-core AVX2 EPYC,
 ``scripts/bench_conv3d_routing.py``, ``benchmarks/2026-11-29-cpu-conv3d-routing.md``). That is the inner
 levels of a 3D UNet at 32^3, batch 1: how volumes are sampled one at a time and trained at large sizes. The
 original MOTFM stack (MONAI ``nn.Conv3d``) takes the slow path there too.
