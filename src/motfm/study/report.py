@@ -27,7 +27,8 @@ from motfm.loading import LoadedModel, load_model  # noqa: E402
 from motfm.metrics.report import markdown_table  # noqa: E402
 from motfm.runtime import resolve_precision  # noqa: E402
 from motfm.sample import generate_batch, sampler_options  # noqa: E402
-from motfm.study.spec import Study  # noqa: E402
+from motfm.study.run import checkpoint  # noqa: E402
+from motfm.study.spec import Study, figure_run  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,7 @@ def figure_rows(study: Study) -> list[tuple[str, str, str, DictConfig]]:
     settings)."""
     rows = [(m, str(s), str(s), OmegaConf.create()) for m, s in (study.figure.get("models") or {}).items()]
     for entry in study.figure.get("runs") or []:
-        model, _, name = str(entry).partition("/")
+        model, name = figure_run(entry)
         run = study.runs[model][name]
         cfg = sampling_config([*study.eval_common, *run.overrides])
         rows.append((model, f"{name} ({run.sampler})", run.sampler, cfg))
@@ -215,18 +216,17 @@ def side_by_side(study: Study, path: Path) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows: list[tuple[str, torch.Tensor]] = []
     masks = None
-    models: dict[str, LoadedModel] = {}
+    loaded: dict[str, tuple[LoadedModel, Conditions]] = {}  # a model shown in several rows is read once
     for model_name, row_name, sampler, cfg in figure_rows(study):
-        if model_name not in models:
-            ckpt = study.out_dir / model_name / "train" / "checkpoints" / "last.ckpt"
-            models[model_name] = load_model(ckpt, device=device)
-        model = models[model_name]
-        data_cfg = source_data_config(model.config["data"])
-        ds = instantiate(data_cfg).dataset("test")
-        items = [ds[i] for i in range(n)]
-        labels = torch.stack([s["label"] for s in items]) if model.net.num_classes else None
-        masks = torch.stack([s["mask"] for s in items]) if model.net.num_mask_labels else masks
-        conditions = Conditions(labels, masks if model.net.num_mask_labels else None, "data:test")
+        if model_name not in loaded:
+            model = load_model(checkpoint(study, model_name), device=device)
+            ds = instantiate(source_data_config(model.config["data"])).dataset("test")
+            items = [ds[i] for i in range(n)]
+            labels = torch.stack([s["label"] for s in items]) if model.net.num_classes else None
+            masks = torch.stack([s["mask"] for s in items]) if model.net.num_mask_labels else masks
+            conditions = Conditions(labels, masks if model.net.num_mask_labels else None, "data:test")
+            loaded[model_name] = model, conditions
+        model, conditions = loaded[model_name]
         precision = resolve_precision(cfg.get("precision", "fp32"), device, model.spec.spatial_dims).name
         for nfe in nfes:
             steps = steps_for_nfe(model.objective, sampler, nfe)

@@ -80,6 +80,12 @@ def _strings(value: Any, where: str) -> list[str]:
     return list(value)
 
 
+def figure_run(entry: Any) -> tuple[str, str]:
+    """``(model, run name)`` of a ``figure.runs`` entry ``MODEL/RUN``."""
+    model, _, name = str(entry).partition("/")
+    return model, name
+
+
 def _eval_run(name: str, value: Any, where: str) -> EvalRun:
     """``[steps...]`` (a run of the sampler ``name``) or ``{sampler, steps, overrides}``."""
     if isinstance(value, dict):
@@ -129,7 +135,7 @@ def load_study(path: str | Path, out_dir: str | Path | None = None) -> Study:
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise StudyError(f"{path}: malformed study ({type(err).__name__}: {err})") from None
     for entry in study.figure.get("runs") or []:
-        model, _, name = str(entry).partition("/")
+        model, name = figure_run(entry)
         if name not in study.runs.get(model, {}):
             raise StudyError(f"{path}: figure.runs names {entry!r}, which is not an evaluate run (MODEL/RUN)")
     teachers = {p["teacher"] for p in study.pairs.values()}
