@@ -63,17 +63,28 @@ log = logging.getLogger(__name__)
 DEFAULT_DATASET_ID = {"nnunet": 500, "msd": 99}
 
 
+# Config key of a sampling / evaluation config -> the SamplerOptions field it sets (the one list of them).
+SAMPLER_OPTION_KEYS = {
+    "time_grid": "time_grid",
+    "time_shift": "shift",
+    "rho": "rho",
+    "rtol": "rtol",
+    "atol": "atol",
+    "eta": "eta",
+    "clip_x0": "clip_x0",
+}
+
+
 def sampler_options(cfg: DictConfig) -> SamplerOptions:
-    """The sampler options of a sampling / evaluation config."""
-    return SamplerOptions(
-        time_grid=cfg.get("time_grid", "uniform"),
-        shift=float(cfg.get("time_shift", 1.0)),
-        rho=float(cfg.get("rho", 7.0)),
-        rtol=float(cfg.get("rtol", 1e-5)),
-        atol=float(cfg.get("atol", 1e-5)),
-        eta=float(cfg.get("eta", 0.0)),
-        clip_x0=cfg.get("clip_x0"),
-    )
+    """The sampler options of a sampling / evaluation config (:data:`SAMPLER_OPTION_KEYS`; a key the config
+    lacks keeps the :class:`SamplerOptions` default, a float option is read as a float)."""
+    defaults = SamplerOptions()
+    values = {}
+    for key, field in SAMPLER_OPTION_KEYS.items():
+        default = getattr(defaults, field)
+        value = cfg.get(key, default)
+        values[field] = float(value) if isinstance(default, float) else value
+    return SamplerOptions(**values)
 
 
 @torch.inference_mode()

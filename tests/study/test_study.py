@@ -1,15 +1,19 @@
 """Studies: the file format, the dry run, the report, and a tiny study end to end (slow)."""
 
+import dataclasses
 import json
 import textwrap
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from cli_helpers import TINY_2D
+from motfm.objectives.base import SamplerOptions
 from motfm.objectives.diffusion import Diffusion
 from motfm.objectives.flow_matching import FlowMatching
-from motfm.study.report import by_nfe_table, figure_rows, plot_metric, steps_for_nfe
+from motfm.sample import SAMPLER_OPTION_KEYS, sampler_options
+from motfm.study.report import by_nfe_table, figure_rows, plot_metric, sampling_config, steps_for_nfe
 from motfm.study.run import dry_run, main
 from motfm.study.spec import StudyError, load_study
 
@@ -240,3 +244,20 @@ def test_headline_table_pivots_a_metric_by_nfe_with_its_std():
     assert lines[2] == "| model | sampler | NFE 1 | NFE 10 |"  # NFE 50 has no value anywhere
     assert "| fm | euler | 198.0 ± 2.8 | 36.4 ± 1.7 |" in lines
     assert "| ddpm | ddim | - | 171.5 |" in lines
+
+
+def test_a_figure_row_carries_every_sampler_option_to_sampling():
+    # Every SamplerOptions field is set by exactly one config key, and a figure row taken from an evaluation
+    # run's overrides passes each of them (non-default values) through to the sampler.
+    fields = {f.name for f in dataclasses.fields(SamplerOptions)}
+    assert sorted(SAMPLER_OPTION_KEYS.values()) == sorted(fields)
+    values = {"time_grid": "edm", "time_shift": 3.0, "rho": 5.0, "rtol": 1e-3, "atol": 1e-4, "eta": 0.5,
+              "clip_x0": True}  # fmt: skip
+    assert values.keys() == SAMPLER_OPTION_KEYS.keys()
+    overrides = [f"{k}={v}" for k, v in values.items()] + ["seed=4", "num_samples=8"]
+    cfg = sampling_config(overrides)
+    assert set(cfg) == set(values)
+    options = sampler_options(cfg)
+    assert options == SamplerOptions(**{SAMPLER_OPTION_KEYS[k]: v for k, v in values.items()})
+    assert options != SamplerOptions()
+    assert sampler_options(OmegaConf.create({"time_shift": 2})).shift == 2.0  # an int read as a float

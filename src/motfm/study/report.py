@@ -26,7 +26,7 @@ from motfm.io.images import mid_slices  # noqa: E402
 from motfm.loading import LoadedModel, load_model  # noqa: E402
 from motfm.metrics.report import markdown_table  # noqa: E402
 from motfm.runtime import resolve_precision  # noqa: E402
-from motfm.sample import generate_batch, sampler_options  # noqa: E402
+from motfm.sample import SAMPLER_OPTION_KEYS, generate_batch, sampler_options  # noqa: E402
 from motfm.study.run import checkpoint  # noqa: E402
 from motfm.study.spec import Study, figure_run  # noqa: E402
 
@@ -185,9 +185,7 @@ def plot_metric(rows: list[dict[str, Any]], metric: str, path: Path, title: str)
     plt.close(fig)
 
 
-SAMPLING_KEYS = (
-    "precision", "guidance_scale", "time_grid", "time_shift", "rho", "rtol", "atol", "eta", "clip_x0"
-)  # fmt: skip
+SAMPLING_KEYS = ("precision", "guidance_scale", *SAMPLER_OPTION_KEYS)
 
 
 def sampling_config(overrides: list[str]) -> DictConfig:
