@@ -4,6 +4,12 @@ import pytest
 import torch
 
 from motfm.flow.solvers import (
+    EULER,
+    FIXED_STEP_SOLVERS,
+    HEUN,
+    MIDPOINT,
+    RALSTON3,
+    RK4,
     TIME_GRIDS,
     guided_velocity,
     integrate,
@@ -51,9 +57,17 @@ def test_linear_ode_matches_exponential(solver, steps, order):
     assert err / err2 == pytest.approx(2**order, rel=0.15)
 
 
-@pytest.mark.parametrize(("solver", "per_step"), [("euler", 1), ("heun", 2), ("midpoint", 2), ("rk4", 4)])
+@pytest.mark.parametrize(
+    ("solver", "nfe"),
+    [
+        ("euler", lambda n: n),
+        ("heun", lambda n: 2 * n - 1),
+        ("midpoint", lambda n: 2 * n),
+        ("rk4", lambda n: 4 * n - 1),
+    ],
+)
 @pytest.mark.parametrize("steps", [1, 3, 10])
-def test_nfe_counts(solver, per_step, steps):
+def test_nfe_counts(solver, nfe, steps):
     calls = []
 
     def v(x, t):
@@ -61,8 +75,8 @@ def test_nfe_counts(solver, per_step, steps):
         return -x
 
     res = integrate(v, torch.randn(2, 1, 2, 2), solver, steps=steps)
-    expected = 2 * steps - 1 if solver == "heun" else per_step * steps  # heun's last step is Euler's
-    assert res.nfe == len(calls) == expected == solver_nfe(solver, steps)
+    # heun's last step is Euler's, rk4's Ralston's third-order method: neither evaluates at t = 1
+    assert res.nfe == len(calls) == nfe(steps) == solver_nfe(solver, steps)
 
 
 def test_dopri5_is_accurate_and_counts():
@@ -167,16 +181,50 @@ def test_nfe_is_exact_on_any_grid():
     assert calls == pytest.approx([0.0, g[1], g[1], g[2], g[2]])  # never at t_N = 1
 
 
-def test_heun_never_evaluates_the_field_at_the_data_end():
-    """EDM's Algorithm 1: the last step is Euler's, so whatever the field says at t = 1 cannot matter."""
-    x0 = torch.randn(3, 1, 4, 4)
+@pytest.mark.parametrize("solver", list(FIXED_STEP_SOLVERS))
+@pytest.mark.parametrize("steps", [1, 4])
+def test_no_fixed_step_solver_evaluates_the_field_at_the_data_end(solver, steps):
+    """The field at t = 1 is learned only on the data: whatever it says there cannot matter (for heun: EDM's
+    Algorithm 1, its last step is Euler's)."""
+    x0 = torch.randn(3, 1, 4, 4, dtype=torch.float64)
 
     def v(x, t):
         return x + 5.0 * (t[:, None, None, None] == 1.0)  # a velocity that is wrong at t = 1 only
 
-    heun = integrate(v, x0, "heun", steps=4).x
-    exact = integrate(lambda x, t: x, x0, "heun", steps=4).x
-    torch.testing.assert_close(heun, exact)
-    one_step = integrate(lambda x, t: x, x0, "heun", steps=1)
-    assert one_step.nfe == 1  # 1-step heun is 1-step Euler
-    torch.testing.assert_close(one_step.x, 2 * x0)
+    torch.testing.assert_close(
+        integrate(v, x0, solver, steps=steps).x, integrate(lambda x, t: x, x0, solver, steps=steps).x
+    )
+
+
+@pytest.mark.parametrize(("solver", "nfe", "growth"), [("heun", 1, 2.0), ("rk4", 3, 1 + 1 + 1 / 2 + 1 / 6)])
+def test_one_step_of_heun_and_rk4_is_their_last_step_method(solver, nfe, growth):
+    # dx/dt = x over [0, 1] in one step: Euler gives 1 + h, a third-order method the Taylor polynomial to h^3
+    x0 = torch.randn(3, 1, 4, 4, dtype=torch.float64)
+    one_step = integrate(lambda x, t: x, x0, solver, steps=1)
+    assert one_step.nfe == nfe
+    torch.testing.assert_close(one_step.x, growth * x0)
+
+
+@pytest.mark.parametrize(("method", "order"), [(EULER, 1), (MIDPOINT, 2), (HEUN, 2), (RALSTON3, 3), (RK4, 4)])
+def test_butcher_tableaux_satisfy_their_order_conditions(method, order):
+    """The order conditions up to order 4 (Butcher 2016, Sec. 31, Table 311(II))."""
+    a = torch.zeros(method.stages, method.stages, dtype=torch.float64)
+    for i, row in enumerate(method.a):
+        a[i, : len(row)] = torch.tensor(row, dtype=torch.float64)
+    b, c = (torch.tensor(v, dtype=torch.float64) for v in (method.b, method.c))
+    assert len(method.a) == len(method.c) == method.stages
+    torch.testing.assert_close(a.sum(1), c)  # the stage times are consistent with the stages
+    conditions = [(1, b.sum(), 1.0)]
+    conditions += [(2, b @ c, 1 / 2)]
+    conditions += [(3, b @ c**2, 1 / 3), (3, b @ a @ c, 1 / 6)]
+    conditions += [
+        (4, b @ c**3, 1 / 4),
+        (4, (b * c) @ a @ c, 1 / 8),
+        (4, b @ a @ c**2, 1 / 12),
+        (4, b @ a @ a @ c, 1 / 24),
+    ]
+    holds = {p: True for p in range(1, 5)}
+    for p, value, exact in conditions:
+        holds[p] &= abs(float(value) - exact) < 1e-12
+    assert all(holds[p] for p in range(1, order + 1))  # every condition up to its order
+    assert order == 4 or not holds[order + 1]  # and not all of the next
