@@ -1,16 +1,19 @@
 """python -m motfm.bench on tiny configs: the suite alone, against the reference stack, and the skip path."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from torch.autograd import DeviceType
 
 import motfm.bench.main as bench_main
 from cli_helpers import CONF_DIR
 from motfm.bench.candidates import random_batch
 from motfm.bench.memory import measure_in_fresh_process, proc_status_kib
+from motfm.bench.profile import profile_evaluation, self_us
 from motfm.bench.reference import reference_missing
 from motfm.data.base import DataSpec
 
@@ -96,7 +99,7 @@ def test_reference_runs_alternating_on_a_tiny_config(tmp_path, monkeypatch):
         shares = [op["share"] for op in c["eval_profile"]]
         assert 0 < sum(shares) <= 1 + 1e-6 and shares == sorted(shares, reverse=True)
         assert any("conv" in op["op"] for op in c["eval_profile"]), c["eval_profile"]
-    assert "## Where one evaluation spends its time" in md
+    assert "## Where one evaluation spends its time" in md and "| kind of work | motfm | reference |" in md
 
 
 @pytest.mark.skipif(reference_missing() is not None, reason=f"reference stack: {reference_missing()}")
@@ -178,6 +181,7 @@ def test_markdown_ratios_auto_check_and_memory_table():
             "train_step_s": 2.0,
             "notes": [],
             "eval_profile": [{"op": "aten::conv2d", "ms": 30.0, "share": 0.6, "calls": 4}],
+            "eval_profile_kinds": [{"kind": "convolution", "ms": 30.0, "share": 0.6}],
         }
         return {
             "case": "c",
@@ -217,6 +221,42 @@ def test_markdown_ratios_auto_check_and_memory_table():
     assert "precision=auto on c, evaluation: bf16, 0% slower" in md
     assert "| m | 32³ | 1000 | 500 | 1250 | 0.40 | 1.00 / 1.25 / 1.10 | 1.25 |" in md
     assert "| `aten::conv2d` 30 ms (60%) | `aten::conv2d` 30 ms (60%) |" in md  # motfm | reference
+    assert "| convolution | 30 ms (60%) | 30 ms (60%) |" in md  # by kind of work
+
+
+class ProfiledNet(torch.nn.Module):
+    """An operator of each kind: convolution, normalisation, activation, layout copy, dtype cast, matmul."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.norm = torch.nn.GroupNorm(4, 8)
+        self.linear = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = torch.nn.functional.silu(self.norm(self.conv(x)))
+        tokens = h.transpose(1, 3).contiguous()  # layout copy
+        tokens = tokens.to(torch.float64).to(torch.float32)  # dtype casts
+        return self.linear(tokens)
+
+
+def test_profile_sorts_one_evaluation_by_kind_of_work():
+    net, x = ProfiledNet(), torch.randn(2, 8, 32, 32)
+    prof = profile_evaluation(lambda: net(x), torch.device("cpu"), top=3)
+    assert len(prof["operators"]) == 3
+    kinds = {k["kind"]: k for k in prof["kinds"]}
+    for kind in ("convolution", "normalisation", "activation", "layout copy", "dtype cast", "matmul"):
+        assert kinds[kind]["ms"] > 0, (kind, prof["kinds"])
+    assert sum(k["share"] for k in prof["kinds"]) == pytest.approx(1.0)
+    assert [k["ms"] for k in prof["kinds"]] == sorted((k["ms"] for k in prof["kinds"]), reverse=True)
+
+
+def test_profile_counts_kernel_time_once_on_cuda():
+    # a CUDA kernel's time is the self device time of the operator that launched it: the kernel's own event
+    # must count 0, or every share would be counted twice
+    op = SimpleNamespace(device_type=DeviceType.CPU, self_device_time_total=5.0, self_cpu_time_total=2.0)
+    kernel = SimpleNamespace(device_type=DeviceType.CUDA, self_device_time_total=5.0, self_cpu_time_total=0.0)
+    assert (self_us(op, cuda=True), self_us(kernel, cuda=True), self_us(op, cuda=False)) == (5.0, 0.0, 2.0)
 
 
 def test_peak_probes_take_the_better_kernel_and_count_flops():

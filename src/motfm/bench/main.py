@@ -6,10 +6,11 @@ For every case of the preset (a model config at an image size and batch size) an
 only where it is native), it times, alternating between the suite's model and, with ``reference=true``, MONAI
 Generative's ``DiffusionModelUNet`` + ``ControlNet`` at the same architecture (:mod:`motfm.bench.reference`):
 one network evaluation, Euler sampling at each NFE, and a training step; counts their FLOPs; profiles one
-evaluation of each (the operators with the most self time, :mod:`motfm.bench.profile`); and measures
-peak training memory in a fresh process per measurement (:mod:`motfm.bench.memory`). A 3D memory table
-(peak training memory by volume size, with and without activation checkpointing) tells what fits. Results:
-``<out_dir>/<date>-<device>[-reference].json`` and ``.md``; compare ratios only within one file.
+evaluation of each (its time by kind of work, and the operators with the most self time:
+:mod:`motfm.bench.profile`); and measures peak training memory in a fresh process per measurement
+(:mod:`motfm.bench.memory`). A 3D memory table (peak training memory by volume size, with and without
+activation checkpointing) tells what fits. Results: ``<out_dir>/<date>-<device>[-reference].json`` and
+``.md``; compare ratios only within one file.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from motfm.bench.candidates import Candidate, random_batch
 from motfm.bench.memory import measure_memory
 from motfm.bench.ours import build_ours
-from motfm.bench.profile import top_operators
+from motfm.bench.profile import profile_evaluation
 from motfm.bench.reference import build_reference, reference_missing
 from motfm.bench.report import output_stem, to_markdown
 from motfm.bench.timing import count_flops, machine_info, peak_flops, timed_alternating
@@ -117,7 +118,9 @@ def bench_case(
     if cfg.profile_top > 0:
         log.info("case %s (%s): profiling one evaluation", case.name, precision)
         for c in cands:
-            out["candidates"][c.name]["eval_profile"] = top_operators(c.forward, device, cfg.profile_top)
+            prof = profile_evaluation(c.forward, device, cfg.profile_top)
+            out["candidates"][c.name]["eval_profile"] = prof["operators"]
+            out["candidates"][c.name]["eval_profile_kinds"] = prof["kinds"]
     log.info("case %s (%s): training step", case.name, precision)
     times = timed_alternating({c.name: c.train_step for c in cands}, cfg.repeats, cfg.warmup, device)
     for name, s in times.items():

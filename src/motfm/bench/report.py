@@ -166,7 +166,8 @@ def memory_section(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def profile_section(results: list[dict[str, Any]]) -> list[str]:
-    """Per case: the operators with the most self time in one evaluation, motfm beside the reference."""
+    """Per case: one evaluation's time by kind of work and its operators with the most self time, motfm beside
+    the reference."""
     lines: list[str] = []
     for r in results:
         cands = {n: c["eval_profile"] for n, c in r["candidates"].items() if c.get("eval_profile")}
@@ -175,8 +176,21 @@ def profile_section(results: list[dict[str, Any]]) -> list[str]:
         if not lines:
             title = "## Where one evaluation spends its time (torch.profiler self time, share of the call)"
             lines = ["", title]
-        lines += ["", f"**{r['case']}, {r['precision']}**", "", "| " + " | ".join(cands) + " |"]
-        lines.append("|" + "---|" * len(cands))
+        lines += ["", f"**{r['case']}, {r['precision']}**", ""]
+        kinds = {
+            n: c["eval_profile_kinds"] for n, c in r["candidates"].items() if c.get("eval_profile_kinds")
+        }
+        if kinds:
+            names = list(dict.fromkeys(k["kind"] for ks in kinds.values() for k in ks))
+            lines += ["| kind of work | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+            for name in names:
+                cells = []
+                for ks in kinds.values():
+                    k = next((k for k in ks if k["kind"] == name), None)
+                    cells.append(f"{k['ms']:.0f} ms ({100 * k['share']:.0f}%)" if k else "-")
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            lines.append("")
+        lines += ["| " + " | ".join(cands) + " |", "|" + "---|" * len(cands)]
         for i in range(max(len(p) for p in cands.values())):
             cells = []
             for p in cands.values():
