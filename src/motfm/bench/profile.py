@@ -56,7 +56,9 @@ def operator_kind(event: FunctionEvent) -> str:
                 return "dtype cast"
             node = node.cpu_parent
         return "layout copy"
-    return next((kind for kind, keys in OPERATOR_KINDS if any(k in name for k in keys)), "other")
+    return next(
+        (kind for kind, keys in OPERATOR_KINDS if any(k in name for k in keys)), "other (views, allocation)"
+    )
 
 
 def profile_evaluation(fn: Callable[[], Any], device: torch.device, top: int = 8) -> dict[str, list[dict]]:
