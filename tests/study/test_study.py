@@ -95,6 +95,8 @@ def test_steps_for_nfe_counts_evaluations_per_step():
     assert steps_for_nfe(FlowMatching(), "euler", 5) == 5
     assert steps_for_nfe(FlowMatching(), "heun", 5) == 3  # 2 N - 1: the last step is Euler's
     assert steps_for_nfe(FlowMatching(), "heun", 4) is None
+    assert steps_for_nfe(FlowMatching(), "rk4", 7) == 2  # 4 N - 1: the last step is Ralston's third-order
+    assert steps_for_nfe(FlowMatching(), "rk4", 8) is None
     assert steps_for_nfe(Diffusion(), "dpmpp_2m", 5) == 5
 
 
