@@ -220,6 +220,8 @@ def test_markdown_ratios_auto_check_and_memory_table():
     assert "| c | fp32 | 1 | 2.00 | 1.00 | 0.50 |" in md  # sampling
     assert "precision=auto on c, evaluation: bf16, 0% slower" in md
     assert "| m | 32³ | 1000 | 500 | 1250 | 0.40 | 1.00 / 1.25 / 1.10 | 1.25 |" in md
+    memory_only = to_markdown(info, [], memory)  # a run of the 3D memory table alone: no empty speed tables
+    assert "| m | 32³ | 1000 | 500 | 1250 | 0.40 |" in memory_only and "## Speed" not in memory_only
     assert "| `aten::conv2d` 30 ms (60%) | `aten::conv2d` 30 ms (60%) |" in md  # motfm | reference
     assert "| convolution | 30 ms (60%) | 30 ms (60%) |" in md  # by kind of work
 

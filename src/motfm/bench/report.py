@@ -59,7 +59,10 @@ def header(info: dict[str, Any]) -> list[str]:
 
 
 def speed_tables(info: dict[str, Any], results: list[dict[str, Any]]) -> list[str]:
-    """Evaluation, training step, sampling and memory, motfm beside the reference, with ratios ours/ref."""
+    """Evaluation, training step, sampling and memory, motfm beside the reference, with ratios ours/ref (none
+    for a run without cases, e.g. the 3D memory table alone)."""
+    if not results:
+        return []
     peaks = info["peak_flops"]
     lines = [
         "",
