@@ -83,20 +83,18 @@ def profile_evaluation(fn: Callable[[], Any], device: torch.device, top: int = 8
     with profile(activities=activities) as prof:
         fn()
         synchronize(device)
-
     cuda = device.type == "cuda"
-    rows = [
-        {"op": e.key, "ms": self_us(e, cuda) / 1e3, "calls": e.count}
-        for e in prof.key_averages()
-        if self_us(e, cuda) > 0
-    ]
+    rows = []
+    for average in prof.key_averages():  # one row per operator name
+        if (us := self_us(average, cuda)) > 0:
+            rows.append({"op": average.key, "ms": us / 1e3, "calls": average.count})
     total = sum(r["ms"] for r in rows) or 1.0
     rows.sort(key=lambda r: r["ms"], reverse=True)
     kinds: dict[str, float] = {}
-    for event in prof.events():
-        if self_us(event, cuda) > 0:
+    for event in prof.events():  # each call: its kind may depend on its callers (copies)
+        if (us := self_us(event, cuda)) > 0:
             kind = operator_kind(event)
-            kinds[kind] = kinds.get(kind, 0.0) + self_us(event, cuda) / 1e3
+            kinds[kind] = kinds.get(kind, 0.0) + us / 1e3
     kind_total = sum(kinds.values()) or 1.0
     return {
         "operators": [{**r, "share": r["ms"] / total} for r in rows[:top]],
