@@ -56,7 +56,7 @@ def cpu_has_native_bf16() -> bool:
 
 def cpu_has_amx() -> bool:
     """Whether the CPU has AMX tiles (bf16 matrix units), where bf16 is always the faster choice."""
-    probe = getattr(torch._C._cpu, "_is_amx_tile_supported", None)
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool(probe and probe())
 
 

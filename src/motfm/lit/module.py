@@ -59,6 +59,33 @@ def warmup_cosine(
     return fn
 
 
+def global_norm(tensors: list[Tensor]) -> Tensor:
+    """The 2-norm of all ``tensors`` taken as one vector (a device scalar, fp32; no host read)."""
+    norms = torch._foreach_norm(tensors)
+    return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
+
+
+def clip_by_global_norm(grads: list[Tensor], max_norm: float, norm: Tensor | None = None) -> Tensor:
+    """Scale ``grads`` in place so that their global 2-norm is at most ``max_norm`` (Pascanu et al. 2013).
+
+    The same rule as ``torch.nn.utils.clip_grad_norm_`` (factor ``min(1, max_norm / (norm + 1e-6))``),
+    computed on the device without a host read; a non-finite norm makes the gradients non-finite, and the
+    step is skipped by the non-finite check.
+
+    Args:
+        grads: the gradients.
+        max_norm: the largest global norm allowed.
+        norm: their global norm if already computed (:func:`global_norm`).
+
+    Returns:
+        The global norm before clipping.
+    """
+    norm = global_norm(grads) if norm is None else norm
+    factor = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+    torch._foreach_mul_(grads, factor.to(grads[0].device))
+    return norm
+
+
 class GenerativeModule(L.LightningModule):
     """Trains a :class:`VelocityNet` with an objective and samples from it.
 
@@ -117,6 +144,7 @@ class GenerativeModule(L.LightningModule):
         self.nonfinite_total = 0
         self._loss_finite: Tensor | None = None
         self._run = self._total = None  # device-side counters of non-finite steps
+        self._grad_norm: Tensor | None = None  # global gradient norm of this step (before clipping)
         self._reported_total = 0
 
     @classmethod
@@ -177,9 +205,11 @@ class GenerativeModule(L.LightningModule):
         grads = [p.grad for p in self.net.parameters() if p.grad is not None]
         finite = self._loss_finite if self._loss_finite is not None else torch.ones((), dtype=torch.bool)
         finite = finite.to(self.device)
+        self._grad_norm = None
         if grads:
-            norms = torch._foreach_norm(grads)
-            finite = finite & torch.isfinite(torch.stack(norms).sum())
+            self._grad_norm = global_norm(grads)
+            finite = finite & torch.isfinite(self._grad_norm)
+            self.log("train/grad_norm", self._grad_norm.detach())
         found_inf = (~finite).float()
         if self._run is None:
             self._run, self._total = torch.zeros_like(found_inf), torch.zeros_like(found_inf)
@@ -214,6 +244,37 @@ class GenerativeModule(L.LightningModule):
                 f"(last at step {self.global_step}); training stopped. Last good checkpoint: {ckpt}. "
                 "Lower optimizer.lr, keep gradient clipping on, or check the data for NaN values."
             )
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip the gradients (``trainer.gradient_clip_val``) in every precision, fused optimisers included.
+
+        Lightning's mixed-precision plugin refuses to clip for an optimiser that unscales inside its step
+        (fused AdamW), even under ``bf16-mixed``, which has nothing to unscale. Here: under ``bf16-mixed`` and
+        ``32-true`` the gradients are clipped as they are; under ``16-mixed`` a fused optimiser's gradients
+        are first unscaled by the loss scaler (which the plugin leaves to the optimiser's step; the scaler
+        then steps without a scale, its overflow flag intact). The norm is the one
+        :meth:`on_before_optimizer_step` computed (recomputed after an unscale); no host read.
+        """
+        if not gradient_clip_val:
+            return
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        if not grads:
+            return
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        norm = self._grad_norm
+        if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
+            scaler.unscale_(optimizer)
+            norm = None
+        if (gradient_clip_algorithm or "norm") == "value":
+            torch._foreach_clamp_min_(grads, -gradient_clip_val)
+            torch._foreach_clamp_max_(grads, gradient_clip_val)
+            return
+        clip_by_global_norm(grads, gradient_clip_val, norm)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """The optimiser step, then the weight average's update.

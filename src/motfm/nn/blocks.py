@@ -34,17 +34,30 @@ def check_groups(channels: int, groups: int) -> None:
 class GroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` (Wu & He 2018) that also works under forward-mode AD on channels-last tensors.
 
-    Under :func:`~motfm.nn.forward_ad.forward_ad_mode` it normalises a contiguous copy (PyTorch's
-    forward-mode rule of ``group_norm`` cannot read channels-last strides); otherwise it is the fused kernel.
+    Under :func:`~motfm.nn.forward_ad.forward_ad_mode` it normalises a contiguous fp32 copy with autocast
+    off: PyTorch's forward-mode rule of ``group_norm`` cannot read channels-last strides, and under CPU bf16
+    autocast it returns a bf16 primal with an fp32 tangent, which the next convolution refuses ("Input type
+    (torch.FloatTensor) and weight type (CPUBFloat16Type) should be the same"). The fp32 output is cast back
+    to bf16 by the next autocast operation, primal and tangent alike. Otherwise it is the fused kernel.
     """
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, C, *spatial] -> [B, C, *spatial]``."""
-        if forward_ad_active() and not x.is_contiguous():
-            fmt = torch.channels_last if x.ndim == 4 else torch.channels_last_3d
-            out = F.group_norm(x.contiguous(), self.num_groups, self.weight, self.bias, self.eps)
+        if forward_ad_active():
+            fmt = _memory_format(x)
+            with torch.autocast(x.device.type, enabled=False):
+                out = F.group_norm(x.contiguous().float(), self.num_groups, self.weight, self.bias, self.eps)
             return out.contiguous(memory_format=fmt)
         return super().forward(x)
+
+
+def _memory_format(x: Tensor) -> torch.memory_format:
+    """The memory format ``x`` is laid out in (channels-last 2D / 3D, else contiguous)."""
+    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    if x.ndim == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+        return torch.channels_last_3d
+    return torch.contiguous_format
 
 
 def resample(x: Tensor, mode: str | None) -> Tensor:
