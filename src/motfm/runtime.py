@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -49,13 +50,39 @@ class Precision:
         return "bf16-mixed" if self.name == "bf16" else "32-true"
 
 
+# Overrides what the CPU reports, for ``auto`` only: ``none`` (no native bf16), ``native`` (native bf16 without
+# AMX: the probe decides) or ``amx``. For a CPU whose report misleads, and for running the test suite as another
+# kind of machine would choose (the tests set ``none``, so that they never depend on the CPU that runs them).
+CPU_BF16_ENV = "MOTFM_CPU_BF16"
+CPU_BF16_KINDS = ("none", "native", "amx")
+
+
+def _cpu_bf16_override() -> str | None:
+    kind = os.environ.get(CPU_BF16_ENV, "").strip().lower()
+    if kind and kind not in CPU_BF16_KINDS:
+        raise ValueError(f"{CPU_BF16_ENV}={kind!r}: expected one of {CPU_BF16_KINDS} (or unset)")
+    return kind or None
+
+
 def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN reports bf16 support on this CPU (AVX512-BF16, AMX, or AVX-512 emulation)."""
+    """Whether oneDNN reports bf16 support on this CPU (AVX512-BF16, AMX, or AVX-512 emulation).
+
+    ``MOTFM_CPU_BF16`` (``none`` / ``native`` / ``amx``) overrides the report.
+    """
+    override = _cpu_bf16_override()
+    if override is not None:
+        return override != "none"
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def cpu_has_amx() -> bool:
-    """Whether the CPU has AMX tiles (bf16 matrix units), where bf16 is always the faster choice."""
+    """Whether the CPU has AMX tiles (bf16 matrix units), where bf16 is always the faster choice.
+
+    ``MOTFM_CPU_BF16`` overrides the report (only ``amx`` means yes).
+    """
+    override = _cpu_bf16_override()
+    if override is not None:
+        return override == "amx"
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool(probe and probe())
 
@@ -135,8 +162,10 @@ def trainer_precision(requested: str | int, accelerator: str, spatial_dims: int 
     """The Lightning ``Trainer(precision=...)`` value for ``trainer.precision`` (Lightning has no ``auto``).
 
     Args:
-        requested: ``auto`` (resolved by :func:`resolve_precision` for the device the accelerator picks), or
-            any Lightning value, kept as it is (a bf16 one where bf16 is not native warns in one line).
+        requested: ``auto`` (resolved by :func:`resolve_precision` for the device the accelerator picks;
+            on a GPU without bf16, ``16-mixed`` with a loss scaler where it has fp16 tensor cores, compute
+            capability 7.0 and up: V100, T4), or any Lightning value, kept as it is (a bf16 one where bf16 is
+            not native warns in one line).
         accelerator: ``trainer.accelerator`` (``auto``, ``cpu``, ``gpu``, ``cuda``, ...).
         spatial_dims: 2 or 3 (the probe's kind).
 
@@ -145,6 +174,14 @@ def trainer_precision(requested: str | int, accelerator: str, spatial_dims: int 
     """
     cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if cuda else "cpu" if accelerator in ("auto", "cpu") else accelerator)
+    if str(requested) == "auto" and cuda and not torch.cuda.is_bf16_supported():
+        major, minor = torch.cuda.get_device_capability()
+        if major >= 7:
+            return Precision(
+                "16-mixed",
+                f"CUDA device without bf16 (compute capability {major}.{minor}): fp16 tensor cores, loss scaling",
+            )
+        return Precision("32-true", f"CUDA device without bf16 or fp16 tensor cores ({major}.{minor})")
     if str(requested) == "auto":
         resolved = resolve_precision("auto", device, spatial_dims)
         return Precision(resolved.lightning, resolved.reason)

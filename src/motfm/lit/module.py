@@ -219,8 +219,13 @@ class GenerativeModule(L.LightningModule):
             optimizer.found_inf, optimizer.grad_scale = found_inf, None
         elif bool(found_inf):
             optimizer.zero_grad(set_to_none=True)
-        if self.device.type != "cuda" or self.global_step % self.nonfinite_check_every == 0:
+        if self.host_reads_are_free() or self.global_step % self.nonfinite_check_every == 0:
             self.check_nonfinite()
+
+    def host_reads_are_free(self) -> bool:
+        """Whether reading a device value on the host costs no synchronisation (the CPU): then the
+        non-finite counters are read every step, else every ``nonfinite_check_every`` steps."""
+        return self.device.type == "cpu"
 
     def check_nonfinite(self) -> None:
         """Read the counters (a host sync on a GPU): warn of skipped steps, abort after too many in a row."""
