@@ -2,7 +2,7 @@
 # The suite's GPU checks and benchmark in one run on a bare CUDA machine that has torch and lightning:
 #   OUT=results bash scripts/gpu_check.sh
 # Wheels of what such a machine lacks (hydra-core, omegaconf, antlr4-python3-runtime, nibabel, monai,
-# monai-generative, flow-matching) are installed from .whl/ when that folder exists (README, "GPU").
+# monai-generative, flow-matching) are installed from .whl/ when that folder exists (docs/performance.md, "On a GPU").
 # Each stage has its own time limit; results go to $OUT: gpu_check.json/.log (scripts/gpu_check.py) and the
 # benchmark's <date>-cuda*.json/.md (python -m motfm.bench bench=gpu reference=true).
 set -u

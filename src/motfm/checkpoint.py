@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from motfm.data.base import DataSpec
+from motfm.data_spec import DataSpec
 
 
 class CheckpointError(ValueError):

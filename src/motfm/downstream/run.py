@@ -180,7 +180,8 @@ def run(exp: Experiment) -> dict[str, Any]:
     """Run every cell that has no record yet, then write the report; returns the content of results.json.
 
     Torch uses ``exp.threads`` CPU threads meanwhile (on a loaded machine one thread per process is much
-    faster for these small networks; see README); the previous setting is restored afterwards.
+    faster for these small networks; see experiments/downstream/README.md, "Threads"); the previous setting is
+    restored afterwards.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(exp.threads)

@@ -53,7 +53,7 @@ from motfm.metrics.neighbours import knn
 # The verdict rule (see copying_verdict). Both limits are one-sided tail probabilities of about 1e-3 under
 # "samples are as novel as held-out data" and were fixed before any result was looked at; the structure space
 # joined the rule after the feature space alone missed a model that redraws its 8 training images with new
-# speckle (see README, "Memorisation audit").
+# speckle (see docs/evaluation.md, "Memorisation audit").
 RULE = {
     "spaces": ["features", "structure"],
     "c_t_below": -3.0,

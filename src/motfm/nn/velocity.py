@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from motfm.checkpoint import read_checkpoint, weights_under
-from motfm.data.base import DataSpec
+from motfm.data_spec import DataSpec
 from motfm.nn.controlnet import ControlNet, check_mask
 from motfm.nn.embeddings import ClassEmbedding
 from motfm.nn.unet import UNet, UNetConfig

@@ -27,7 +27,7 @@ from motfm.loading import LoadedModel, load_model  # noqa: E402
 from motfm.metrics.report import markdown_table  # noqa: E402
 from motfm.runtime import resolve_precision  # noqa: E402
 from motfm.sample import SAMPLER_OPTION_KEYS, generate_batch, sampler_options  # noqa: E402
-from motfm.study.run import checkpoint  # noqa: E402
+from motfm.study.layout import checkpoint  # noqa: E402
 from motfm.study.spec import Study, figure_run  # noqa: E402
 
 log = logging.getLogger(__name__)

@@ -28,6 +28,7 @@ from typing import Any
 
 from motfm.flow.solvers import FIXED_STEP_SOLVERS, solver_nfe
 from motfm.io.atomic import write_json
+from motfm.study.layout import checkpoint, train_dir
 from motfm.study.spec import PLACEHOLDER, EvalRun, Study, load_study
 
 log = logging.getLogger("motfm.study")
@@ -58,16 +59,6 @@ def _run(module: str, overrides: list[str], log_file: Path, threads: int | None 
         tail = log_file.read_text().splitlines()[-5:]
         raise RuntimeError(f"{module} failed (exit {proc.returncode}); see {log_file}:\n" + "\n".join(tail))
     return seconds
-
-
-def train_dir(study: Study, model: str) -> Path:
-    """The training run folder of a model."""
-    return study.out_dir / model / "train"
-
-
-def checkpoint(study: Study, model: str) -> Path:
-    """The last checkpoint of a model."""
-    return train_dir(study, model) / "checkpoints" / "last.ckpt"
 
 
 def make_pairs(study: Study, name: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 from torch import Tensor
 
-from motfm.data.base import DataSpec
+from motfm.data_spec import DataSpec
 from motfm.io.atomic import write_json
 
 # Spacing (mm) of the dummy slice axis of 2D images written as NIfTI, as nnU-Net's 2D-to-NIfTI conversion.
