@@ -50,9 +50,9 @@ class Precision:
         return "bf16-mixed" if self.name == "bf16" else "32-true"
 
 
-# Overrides what the CPU reports, for ``auto`` only: ``none`` (no native bf16), ``native`` (native bf16 without
-# AMX: the probe decides) or ``amx``. For a CPU whose report misleads, and for running the test suite as another
-# kind of machine would choose (the tests set ``none``, so that they never depend on the CPU that runs them).
+# Overrides what the CPU reports, for ``auto`` only: ``none`` (no native bf16), ``native`` (native bf16
+# without AMX: the probe decides) or ``amx``. For a CPU whose report misleads, and for running the test suite
+# as another kind of machine would choose (the tests set ``none``: no test depends on the CPU that runs it).
 CPU_BF16_ENV = "MOTFM_CPU_BF16"
 CPU_BF16_KINDS = ("none", "native", "amx")
 
@@ -179,7 +179,8 @@ def trainer_precision(requested: str | int, accelerator: str, spatial_dims: int 
         if major >= 7:
             return Precision(
                 "16-mixed",
-                f"CUDA device without bf16 (compute capability {major}.{minor}): fp16 tensor cores, loss scaling",
+                f"CUDA device without bf16 (compute capability {major}.{minor}): fp16 tensor cores, "
+                "loss scaling",
             )
         return Precision("32-true", f"CUDA device without bf16 or fp16 tensor cores ({major}.{minor})")
     if str(requested) == "auto":

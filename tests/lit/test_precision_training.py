@@ -20,7 +20,7 @@ from cli_helpers import TINY_2D, compose_config
 from motfm.lit.module import GenerativeModule, clip_by_global_norm
 
 PRECISIONS = ["32-true", "bf16-mixed", "16-mixed"]
-# the operators through which a tensor's value reaches the host (.item(), bool(), int(), data-dependent shapes)
+# the operators through which a tensor's value reaches the host (.item(), bool(), int(), dynamic shapes)
 HOST_READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default}
 
 
