@@ -10,7 +10,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-all lint format bench bench-reference clean
+.PHONY: install demo test test-all test-bf16 lint format bench bench-reference clean
 
 install: $(VENV)/.installed
 
@@ -40,6 +40,10 @@ test: install
 
 test-all: install
 	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+# The forced bf16 / fp16 paths alone (part of `make test`): what GPUs and bf16 CPUs run, on any CPU.
+test-bf16: install
+	$(BIN)/python -m pytest -q -m "bf16 and not slow"
 
 lint: install
 	$(BIN)/ruff check src tests scripts experiments

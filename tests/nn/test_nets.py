@@ -157,3 +157,28 @@ def test_channels_last_reaches_the_residual_stream_of_one_channel_images(dims):
             out = nets[True](x, t, mask=mask)
             assert torch.allclose(out, nets[False](x, t, mask=mask), atol=1e-5)
     assert layouts == [False, False]  # channels-last, not contiguous
+
+
+def test_the_xformers_branch_keeps_the_layout_of_attention():
+    """The CUDA-only xformers call, run on a CPU with a stand-in of its documented contract
+    ([B, N, heads, d] in and out): the layout changes around it must give SDPA's result."""
+    import math
+    import types
+
+    import torch.nn.functional as F
+
+    from motfm.nn.attention import check_backend, xformers_attention
+
+    def memory_efficient_attention(q, k, v, p=0.0):  # [B, N, H, d]
+        w = torch.einsum("bnhd,bmhd->bhnm", q, k) / math.sqrt(q.shape[-1])
+        return torch.einsum("bhnm,bmhd->bnhd", w.softmax(-1), v)
+
+    ops = types.SimpleNamespace(memory_efficient_attention=memory_efficient_attention)
+    q, k, v = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 7, 8), torch.randn(2, 3, 7, 8)
+    assert torch.allclose(xformers_attention(ops, q, k, v), F.scaled_dot_product_attention(q, k, v), atol=1e-5)
+    try:
+        import xformers  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="needs the optional package xformers") as err:
+            check_backend("xformers")
+        assert "\n" not in str(err.value)

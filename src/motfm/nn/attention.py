@@ -45,11 +45,16 @@ def attend(q: Tensor, k: Tensor, v: Tensor, backend: str = "sdpa", dropout: floa
     if backend == "xformers" and q.is_cuda:
         import xformers.ops as xops
 
-        out = xops.memory_efficient_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), p=dropout
-        )
-        return out.transpose(1, 2)
+        return xformers_attention(xops, q, k, v, dropout)
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+
+
+def xformers_attention(ops: object, q: Tensor, k: Tensor, v: Tensor, dropout: float = 0.0) -> Tensor:
+    """:func:`attend` through ``ops.memory_efficient_attention`` (xformers), which takes and returns
+    ``[B, N, heads, d]``: ``q`` ``[B, heads, N, d]``, ``k`` / ``v`` ``[B, heads, M, d]`` -> ``[B, heads, N, d]``.
+    """
+    out = ops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), p=dropout)
+    return out.transpose(1, 2)
 
 
 class MultiHeadAttention(nn.Module):
