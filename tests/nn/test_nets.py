@@ -175,7 +175,9 @@ def test_the_xformers_branch_keeps_the_layout_of_attention():
 
     ops = types.SimpleNamespace(memory_efficient_attention=memory_efficient_attention)
     q, k, v = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 7, 8), torch.randn(2, 3, 7, 8)
-    assert torch.allclose(xformers_attention(ops, q, k, v), F.scaled_dot_product_attention(q, k, v), atol=1e-5)
+    assert torch.allclose(
+        xformers_attention(ops, q, k, v), F.scaled_dot_product_attention(q, k, v), atol=1e-5
+    )
     try:
         import xformers  # noqa: F401
     except ImportError:

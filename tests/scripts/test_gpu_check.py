@@ -1,4 +1,4 @@
-"""scripts/gpu_check.py, the one GPU run a session gets, checked on the CPU so that it never fails there first."""
+"""scripts/gpu_check.py, the one GPU run a session may get, checked on the CPU so that it never fails first."""
 
 import json
 import subprocess
@@ -13,7 +13,14 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_every_part_runs_in_a_smoke_run_on_the_cpu(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--smoke", "--quick", "--out", str(tmp_path)],
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "gpu_check.py"),
+            "--smoke",
+            "--quick",
+            "--out",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=1200,

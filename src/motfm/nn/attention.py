@@ -51,8 +51,8 @@ def attend(q: Tensor, k: Tensor, v: Tensor, backend: str = "sdpa", dropout: floa
 
 def xformers_attention(ops: object, q: Tensor, k: Tensor, v: Tensor, dropout: float = 0.0) -> Tensor:
     """:func:`attend` through ``ops.memory_efficient_attention`` (xformers), which takes and returns
-    ``[B, N, heads, d]``: ``q`` ``[B, heads, N, d]``, ``k`` / ``v`` ``[B, heads, M, d]`` -> ``[B, heads, N, d]``.
-    """
+    ``[B, N, heads, d]``: ``q`` ``[B, heads, N, d]``, ``k`` / ``v`` ``[B, heads, M, d]`` -> ``[B, heads, N,
+    d]``."""
     out = ops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), p=dropout)
     return out.transpose(1, 2)
 
