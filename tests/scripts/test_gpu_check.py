@@ -1,4 +1,4 @@
-"""scripts/gpu_check.py, the one GPU run a session may get, checked on the CPU so that it never fails first."""
+"""scripts/gpu_check.py, the one GPU run a session may get, run on the CPU so that it never fails first."""
 
 import json
 import subprocess
