@@ -184,3 +184,25 @@ def test_the_xformers_branch_keeps_the_layout_of_attention():
         with pytest.raises(ValueError, match="needs the optional package xformers") as err:
             check_backend("xformers")
         assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("size", [8, 16, 32])
+def test_groupnorm_of_small_bf16_channels_last_maps_matches_the_fused_kernel(size):
+    """The fp32 route taken for small bf16 channels-last maps on a CPU (faster there) gives the fused kernel's
+    result to bf16 rounding, in the input's dtype and layout; larger maps keep the fused kernel."""
+    from motfm.nn.blocks import GroupNorm
+
+    gn = GroupNorm(4, 16)
+    torch.nn.init.normal_(gn.weight)
+    torch.nn.init.normal_(gn.bias)
+    x = (
+        (torch.randn(2, 16, size, size) * 3 + 1)
+        .to(torch.bfloat16)
+        .contiguous(memory_format=torch.channels_last)
+    )
+    out = gn(x)
+    expected = torch.nn.functional.group_norm(x.float(), 4, gn.weight, gn.bias, gn.eps)
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(out.float(), expected, atol=0.05, rtol=0.01)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert gn(x).dtype == torch.bfloat16
