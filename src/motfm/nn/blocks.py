@@ -38,11 +38,11 @@ class GroupNorm(nn.GroupNorm):
     off: PyTorch's forward-mode rule of ``group_norm`` cannot read channels-last strides, and under CPU bf16
     autocast it returns a bf16 primal with an fp32 tangent, which the next convolution refuses ("Input type
     (torch.FloatTensor) and weight type (CPUBFloat16Type) should be the same"). The fp32 output is cast back
-    to bf16 by the next autocast operation, primal and tangent alike. Otherwise it is the fused kernel, except
-    for bf16 channels-last maps of at most ``SMALL_MAP`` positions on a CPU: PyTorch's bf16 channels-last kernel
-    is 2.4-5x slower there than normalising an fp32 copy and casting back (AMX Xeon, 1 and 2 threads:
-    ``[4, 128, 16, 16]`` 0.42 against 0.09 ms, ``[4, 224, 8, 8]`` 0.125 against 0.035; from 32x32 on the bf16
-    kernel is 2-4x the faster; docs/architecture.md, Performance notes).
+    to bf16 by the next autocast operation, primal and tangent alike. Otherwise it is the fused kernel,
+    except for bf16 channels-last maps of at most ``SMALL_MAP`` positions on a CPU: PyTorch's bf16
+    channels-last kernel is 2.4-5x slower there than normalising an fp32 copy and casting back (AMX Xeon, 1
+    and 2 threads: ``[4, 128, 16, 16]`` 0.42 against 0.09 ms, ``[4, 224, 8, 8]`` 0.125 against 0.035; from
+    32x32 on the bf16 kernel is 2-4x the faster; docs/architecture.md, Performance notes).
     """
 
     SMALL_MAP = 256
@@ -54,9 +54,13 @@ class GroupNorm(nn.GroupNorm):
             with torch.autocast(x.device.type, enabled=False):
                 out = F.group_norm(x.contiguous().float(), self.num_groups, self.weight, self.bias, self.eps)
             return out.contiguous(memory_format=fmt)
-        if x.dtype == torch.bfloat16 and x.device.type == "cpu" and x[0, 0].numel() <= self.SMALL_MAP:
-            if _memory_format(x) is not torch.contiguous_format:
-                return F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps).to(x.dtype)
+        if (
+            x.dtype == torch.bfloat16
+            and x.device.type == "cpu"
+            and x[0, 0].numel() <= self.SMALL_MAP
+            and _memory_format(x) is not torch.contiguous_format
+        ):
+            return F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps).to(x.dtype)
         return super().forward(x)
 
 
