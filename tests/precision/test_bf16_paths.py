@@ -31,8 +31,8 @@ pytestmark = pytest.mark.bf16
 
 BF16 = "trainer.precision=bf16-mixed"
 MASK_CLASS = "model.conditioning=[class,mask]"
-SAMPLERS = {
-    "fm": [("euler", 2, 2), ("heun", 2, 3), ("midpoint", 2, 4), ("rk4", 1, 3), ("dopri5", None, None)],
+SAMPLERS = {  # (sampler, steps, NFE): the fewest steps that run each one's every stage
+    "fm": [("euler", 1, 1), ("heun", 2, 3), ("midpoint", 1, 2), ("rk4", 1, 3), ("dopri5", None, None)],
     "ddpm": [("ddpm", 2, 2), ("ddim", 2, 2), ("dpmpp_2m", 2, 2)],
     "meanflow": [("meanflow", 2, 2)],
 }
@@ -44,10 +44,10 @@ def train_bf16(out, *overrides):
 
 @pytest.fixture(scope="module", params=["fm", "ddpm", "meanflow"])
 def bf16_ckpt(request, tmp_path_factory):
-    """A tiny mask + class model of each method, 3 steps in bf16-mixed (default optimiser, clipping)."""
+    """A tiny mask + class model of each method, 2 steps in bf16-mixed (default optimiser, clipping)."""
     out = tmp_path_factory.mktemp(f"bf16-{request.param}")
-    result = train_bf16(out, f"method={request.param}", "trainer.max_steps=3")
-    assert result["global_step"] == 3 and np.isfinite(result["metrics"]["train/loss"])
+    result = train_bf16(out, f"method={request.param}", "trainer.max_steps=2")
+    assert result["global_step"] == 2 and np.isfinite(result["metrics"]["train/loss"])
     return request.param, result["last_ckpt"]
 
 
@@ -71,13 +71,14 @@ def test_each_method_trains_in_bf16_mixed_3d(tmp_path, method):
 
 
 def test_the_demo_command_in_bf16_mixed(tmp_path):
-    """The README's demo training, as a user on a bf16 machine runs it (data and width shrunk for time)."""
+    """The README's demo training, as a user on a bf16 machine runs it (data and width shrunk for time;
+    MeanFlow's bf16 training runs in process above)."""
     args = [
         "experiment=demo",
         BF16,
         "trainer.max_steps=3",
         "trainer.max_time=null",
-        "method=meanflow",
+        "method=fm",
         "model.conditioning=[class,mask]",
         "model.channels=[8,16]",
         "model.attention_levels=[false,true]",
@@ -100,8 +101,8 @@ def test_resume_in_bf16_mixed(bf16_ckpt, tmp_path):
     method, ckpt = bf16_ckpt
     if method != "fm":
         pytest.skip("one method suffices: resume does not depend on it")
-    result = train_bf16(tmp_path, "trainer.max_steps=5", f"ckpt_path={ckpt}")
-    assert read_checkpoint(result["last_ckpt"])["global_step"] == 5
+    result = train_bf16(tmp_path, "trainer.max_steps=3", f"ckpt_path={ckpt}")
+    assert read_checkpoint(result["last_ckpt"])["global_step"] == 3
 
 
 def test_reflow_student_trains_in_bf16_from_bf16_pairs(bf16_ckpt, tmp_path):
@@ -112,13 +113,13 @@ def test_reflow_student_trains_in_bf16_from_bf16_pairs(bf16_ckpt, tmp_path):
     args = [
         f"ckpt_path={teacher}",
         f"out_dir={pairs}",
-        "num_pairs=8",
+        "num_pairs=4",
         "batch_size=4",
-        "steps=2",
+        "steps=1",
         "precision=bf16",
     ]
     info = generate_pairs(compose_config("reflow", args, pairs))
-    assert info["precision"] == "bf16" and info["num_pairs"] == 8
+    assert info["precision"] == "bf16" and info["num_pairs"] == 4
     for objective in ("reflow", "reflow_distill"):
         overrides = [
             o for o in TINY_2D if not o.startswith("data.dataset.size") and "num_samples" not in o
@@ -131,12 +132,12 @@ def test_reflow_student_trains_in_bf16_from_bf16_pairs(bf16_ckpt, tmp_path):
             f"init_ckpt={teacher}",
             MASK_CLASS,
             BF16,
-            "trainer.max_steps=2",
+            "trainer.max_steps=1",
         ]
         if objective == "reflow_distill":
             overrides.append("method.distill=true")
         result = train(compose_config("train", overrides, tmp_path / objective))
-        assert result["global_step"] == 2 and np.isfinite(result["metrics"]["train/loss"])
+        assert result["global_step"] == 1 and np.isfinite(result["metrics"]["train/loss"])
 
 
 def run_sample(ckpt, out, *overrides):
@@ -150,7 +151,7 @@ def test_every_sampler_in_bf16_is_close_to_fp32(bf16_ckpt):
     conditions = Conditions(
         torch.stack([ds[i]["label"] for i in range(2)]), torch.stack([ds[i]["mask"] for i in range(2)])
     )
-    options = SamplerOptions(rtol=1e-2, atol=1e-2)  # dopri5: bf16 rounding would shrink its steps forever
+    options = SamplerOptions(rtol=0.05, atol=0.05)  # dopri5: bf16 rounding would shrink its steps forever
     for sampler, steps, nfe in SAMPLERS[method]:
         out = {p: generate_batch(model, [0, 1], 0, sampler, steps, conditions, precision=p, options=options)
                for p in ("fp32", "bf16")}  # fmt: skip
