@@ -104,12 +104,14 @@ def import_motfm(cfg: DictConfig) -> Path:
             "epoch": int(ckpt.get("epoch", 0)),
             "global_step": int(ckpt.get("global_step", 0)),
             "time_input": f"floor(t * {model['max_timestep'] - 1}) into MONAI's sinusoidal embedding",
-            "class_context": "one-hot class vector as one cross-attention token",
-            "mask_input": f"label / {spec.num_mask_labels - 1} as one channel into the ControlNet",
             "data_range": [lo, hi],
             "imported_by": f"motfm {__version__}",
         },
     }
+    if spec.has_label:
+        suite_config["origin"]["class_context"] = "one-hot class vector as one cross-attention token"
+    if spec.has_mask:
+        suite_config["origin"]["mask_input"] = f"label / {spec.num_mask_labels - 1}, one ControlNet channel"
     try:
         net, _ = build_model(suite_config, spec, source)
     except ValueError as err:  # the builder's own checks, e.g. an image size the UNet cannot halve

@@ -38,13 +38,13 @@ BLOCK_RULES: tuple[tuple[str, str, str], ...] = (
     ("time_embed.{i}.", "encoder.time_embed.mlp.{i}.", "leaf"),
     ("down_blocks.{i}.resnets.{j}.", "encoder.levels.{i}.{j}.res.", "resnet"),
     ("down_blocks.{i}.attentions.{j}.", "encoder.levels.{i}.{j}.attn.", "attention"),
-    ("down_blocks.{i}.downsampler.", "encoder.downsamplers.{i}.", "resampler"),
+    ("down_blocks.{i}.downsampler.", "encoder.downsamplers.{i}.", "downsampler"),
     ("middle_block.resnet_1.", "encoder.mid1.res.", "resnet"),
     ("middle_block.attention.", "encoder.mid1.attn.", "attention"),
     ("middle_block.resnet_2.", "encoder.mid2.res.", "resnet"),
     ("up_blocks.{i}.resnets.{j}.", "levels.{i}.{j}.res.", "resnet"),
     ("up_blocks.{i}.attentions.{j}.", "levels.{i}.{j}.attn.", "attention"),
-    ("up_blocks.{i}.upsampler.", "upsamplers.{i}.", "resampler"),
+    ("up_blocks.{i}.upsampler.", "upsamplers.{i}.", "upsampler"),
     ("out.0.", "norm_out.", "leaf"),
     ("out.2.conv.", "conv_out.", "leaf"),
     # ControlNet only: the mask embedding (one hidden width: conv, SiLU, conv) and the zero convolutions
@@ -76,7 +76,8 @@ PART_RULES: dict[str, tuple[tuple[str, str, str], ...]] = {
     "leaf": (("{p}", "{p}", "copy"),),
     "resnet": _RESNET,
     # resblock_updown=True: a residual block; False: MONAI's strided / upsampling convolution.
-    "resampler": (*_RESNET, ("op.conv.{p}", "conv.{p}", "copy"), ("conv.conv.{p}", "conv.{p}", "copy")),
+    "downsampler": (*_RESNET, ("op.conv.{p}", "conv.{p}", "copy")),
+    "upsampler": (*_RESNET, ("conv.conv.{p}", "conv.{p}", "copy")),
     "attention": (
         ("norm.{p}", "norm.{p}", "copy"),
         # The spatial transformer of conditioned models.
