@@ -195,7 +195,8 @@ def suite_model_config(model_args: dict[str, Any], source: str | os.PathLike[str
         "mask_input": "scaled",
         "max_timestep": int(a.get("max_timestep", 1000)),
         "conditioning_scale": 1.0,
-        "channels_last": True,
+        # the suite's defaults (conf/model/unet2d.yaml, unet3d.yaml): channels-last 3D is slower on CPUs
+        "channels_last": int(a["spatial_dims"]) == 2,
         "base_ckpt": None,
         "freeze_base": False,
         "activation_checkpointing": False,
