@@ -5,7 +5,6 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
-import pytest
 
 from cli_helpers import compose_config
 from motfm.audit import audit
@@ -13,7 +12,7 @@ from motfm.evaluate import evaluate
 from motfm.import_motfm import import_motfm
 from motfm_original import build_original, original_config, write_original
 
-FAST = ["extractor=random_conv", "batch_size=4", "load_batch_size=8"]
+FAST = ["extractor=random_conv", "batch_size=4"]
 
 
 SPLITS = {"train": 12, "valid": 6, "test": 6}
@@ -33,7 +32,6 @@ def original_pickle(path):
     return path
 
 
-@pytest.mark.slow
 def test_evaluate_and_audit_take_an_import(tmp_path):
     config = original_config("mask_class")
     config["data_args"]["pickle_path"] = str(original_pickle(tmp_path / "camus.pkl"))
@@ -53,5 +51,6 @@ def test_evaluate_and_audit_take_an_import(tmp_path):
     (row,) = metrics["results"]
     assert row["steps"] == 2 and row["fid"] is not None
     out = tmp_path / "audit"
-    result = audit(compose_config("audit", [*common, f"out_dir={out}", "num_samples=6", "steps=2"], out))
+    overrides = [*common, f"out_dir={out}", "num_samples=6", "steps=2", "load_batch_size=8"]
+    result = audit(compose_config("audit", overrides, out))
     assert isinstance(result["verdict"]["copying_suspected"], bool) and result["num_samples"] == 6
