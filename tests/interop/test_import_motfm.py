@@ -216,3 +216,24 @@ def test_a_missing_weight_is_named_by_its_original_name(tmp_path):
         CheckpointError, match=r"'model.controlnet.controlnet_mid_block.conv.weight' is missing"
     ):
         run_import(tmp_path, ckpt, "image_size=[16,16]")
+
+
+def test_hyper_parameters_nested_under_config_and_their_yaml_give_the_same_model(tmp_path):
+    config = original_config("class")
+    net = build_original(config["model_args"])
+    ckpt = torch.load(write_original(tmp_path / "top.ckpt", config, net), weights_only=True)
+    ckpt["hyper_parameters"] = {"config": config}  # save_hyperparameters() of a module taking `config`
+    torch.save(ckpt, tmp_path / "nested.ckpt")
+    nested = load_model(
+        run_import(tmp_path / "a", tmp_path / "nested.ckpt", "image_size=[16,16]") / "model.ckpt"
+    )
+    del ckpt["hyper_parameters"]
+    torch.save(ckpt, tmp_path / "bare.ckpt")
+    theirs = tmp_path / "their.yaml"
+    theirs.write_text(yaml.safe_dump(config))
+    args = (f"config={theirs}", "image_size=[16,16]")
+    from_yaml = load_model(run_import(tmp_path / "b", tmp_path / "bare.ckpt", *args) / "model.ckpt")
+    assert nested.config["model"] == from_yaml.config["model"]
+    assert nested.config["model"]["class_context"] == "one_hot" and nested.spec.num_classes == 3
+    with pytest.raises(CheckpointError, match=r"bare.ckpt: no 'model_args' in the MOTFM config"):
+        run_import(tmp_path / "c", tmp_path / "bare.ckpt")
