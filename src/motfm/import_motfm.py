@@ -50,6 +50,7 @@ from motfm.objectives.flow_matching import FlowMatching
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "model.ckpt"
+PICKLE_READER = "motfm.data.legacy_pickle.LegacyPickleDataset"
 
 
 def data_config(cfg: DictConfig, config: dict[str, Any], num_mask_labels: int) -> dict[str, Any]:
@@ -58,7 +59,12 @@ def data_config(cfg: DictConfig, config: dict[str, Any], num_mask_labels: int) -
     data = OmegaConf.to_container(cfg.data, resolve=True)
     data_args = config.get("data_args") or {}
     dataset = data.get("dataset") or {}
-    if dataset.get("_target_") == "motfm.data.legacy_pickle.LegacyPickleDataset":
+    if dataset.get("_target_") == PICKLE_READER and config["model_args"].get("spatial_dims") == 3:
+        log.warning(
+            "the suite's reader of the original pickle is 2D only: for evaluate / audit on this 3D model's "
+            "data, import it with data=msd_brain data.dataset.root=... (or another 3D data config)"
+        )
+    if dataset.get("_target_") == PICKLE_READER:
         with_mask = bool(config["model_args"].get("mask_conditioning", False))
         dataset.update(with_mask=with_mask, num_mask_labels=num_mask_labels)
         if data_args.get("pickle_path") and dataset.get("root") == "???":

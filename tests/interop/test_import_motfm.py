@@ -153,6 +153,25 @@ def test_sample_cli_on_an_import_matches_the_original(imported, tmp_path):
     torch.testing.assert_close(images, (2 * theirs - 1).clamp(-1, 1), rtol=1e-3, atol=2e-3)
 
 
+def test_sample_cli_on_a_3d_import(imported, tmp_path):
+    _, folder = imported("3d")
+    out = tmp_path / "samples"
+    overrides = [
+        f"ckpt_path={folder / 'model.ckpt'}",
+        f"out_dir={out}",
+        "num_samples=2",
+        "steps=2",
+        "device=cpu",
+    ]
+    info = sample(compose_config("sample", overrides, out))  # its data (a pickle) is not needed, nor opened
+    assert info["nfe"] == 2 and info["origin"]["time_input"].startswith("floor(t * 999)")
+    assert "class_context" not in info["origin"] and "mask_input" not in info["origin"]
+    assert sorted(p.name for p in (out / "volumes").iterdir()) == [
+        "sample_00000.nii.gz",
+        "sample_00001.nii.gz",
+    ]
+
+
 def test_a_foreign_checkpoint_is_one_line_exit_2(tmp_path):
     bad = tmp_path / "suite.ckpt"
     torch.save({"state_dict": {"net.conv.weight": torch.zeros(1)}, "motfm": {}}, bad)
