@@ -120,6 +120,8 @@ def import_motfm(cfg: DictConfig) -> Path:
         suite_config["origin"]["mask_input"] = f"label / {spec.num_mask_labels - 1}, one ControlNet channel"
     try:
         net, _ = build_model(suite_config, spec, source)
+    except CheckpointError:
+        raise
     except ValueError as err:  # the builder's own checks, e.g. an image size the UNet cannot halve
         raise CheckpointError(f"{source}: the model of its config cannot be built ({err})") from err
     try:
