@@ -256,3 +256,13 @@ def test_hyper_parameters_nested_under_config_and_their_yaml_give_the_same_model
     assert nested.config["model"]["class_context"] == "one_hot" and nested.spec.num_classes == 3
     with pytest.raises(CheckpointError, match=r"bare.ckpt: no 'model_args' in the MOTFM config"):
         run_import(tmp_path / "c", tmp_path / "bare.ckpt")
+
+
+def test_a_truncated_checkpoint_is_named(tmp_path):
+    config = original_config("unconditional")
+    whole = write_original(tmp_path / "whole.ckpt", config, build_original(config["model_args"])).read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(
+        CheckpointError, match=r"cut.ckpt: cannot be read with torch.load\(weights_only=True\)"
+    ):
+        run_import(tmp_path, tmp_path / "cut.ckpt")
