@@ -37,6 +37,7 @@ from motfm.pretrained import CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE
 log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ("solver", "steps", "nfe", "fid", "kid", "mmd_rbf", "cmmd", "ms_ssim", "ssim_paired", "dice")
+ORIGIN_KEYS = ("time_input", "class_context", "mask_input", "data_range")
 MODEL_KEYS = ("channels", "num_res_blocks", "attention_levels", "head_dim", "conditioning", "class_dim")
 
 
@@ -110,6 +111,15 @@ def model_card(name: str, exported: dict[str, Any], metrics: dict[str, Any] | No
         f"The weights are the {'EMA' if exported['weights']['source'] == 'ema' else 'raw training'} weights.",
         "",
     ]
+    origin = exported.get("origin")
+    if origin:
+        lines += [
+            f"Imported from {origin['source']} (`{origin['checkpoint']}`), its network fed as the original "
+            "code feeds it: "
+            + "; ".join(f"{k} {origin[k]}" for k in ORIGIN_KEYS if k in origin)
+            + " (samples are returned in [-1, 1]).",
+            "",
+        ]
     if spec.class_names:
         lines += [
             f"Classes (label: name): {', '.join(f'{i}: {n}' for i, n in enumerate(spec.class_names))}.",
@@ -205,6 +215,7 @@ def export_model(cfg: DictConfig) -> Path:
         },
         "training": training_summary(config, ckpt, ckpt_path),
         "metrics": None if metrics_path is None else metrics_path.name,
+        "origin": config.get("origin"),  # an imported model's provenance (motfm.import_motfm), else None
     }
     write_json(out / CONFIG_FILE, exported)
     name = cfg.get("name") or out.resolve().name

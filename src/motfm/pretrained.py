@@ -5,6 +5,7 @@ Written by ``python -m motfm.export_model`` (:mod:`motfm.export_model`); read by
     import motfm
     gen = motfm.load_pretrained("exported/")
     x = gen.sample(16, steps=5, labels=[0, 1], seed=0)   # [16, C, *spatial] in [-1, 1]
+    v = gen.velocity(x_t, t=0.5, labels=[0, 1])           # the network itself, in the model's own units
 
 The network is rebuilt by Hydra-instantiating the stored model config (only motfm targets are accepted, see
 :func:`motfm.loading.check_targets`), exactly as :func:`motfm.loading.load_model` rebuilds a checkpoint's,
@@ -100,6 +101,52 @@ class PretrainedGenerator:
     def spec(self) -> DataSpec:
         """What the model generates: channels, image size, classes, mask labels."""
         return self.model.spec
+
+    @property
+    def data_range(self) -> tuple[float, float]:
+        """The intensity range of the model's own units: ``(-1, 1)`` for suite models, the training range of
+        an imported MOTFM model (``(0, 1)`` for its default ``image_norm``)."""
+        return tuple(getattr(self.model.objective, "data_range", (-1.0, 1.0)))
+
+    @torch.inference_mode()
+    def velocity(
+        self,
+        x: Tensor | np.ndarray,
+        t: float | Sequence[float] | Tensor,
+        labels: Sequence[int] | Tensor | None = None,
+        masks: Tensor | np.ndarray | None = None,
+    ) -> Tensor:
+        """The network's output for ``x`` at time ``t``, in the model's own units (:attr:`data_range`).
+
+        What a flow model integrates from noise (t = 0) to data (t = 1); the same numbers the network of an
+        imported model's origin gives for the same inputs (the original MOTFM code's ``MergedModel(x, t,
+        cond=one_hot(labels)[:, None], masks=labels_map / (K - 1))``), so any import, or any model, can be
+        checked against where it came from.
+
+        Args:
+            x: states ``[B, C, *spatial]`` (float32).
+            t: time in [0, 1], a scalar or ``[B]``.
+            labels: class labels ``[B]`` (class-conditional models; leave out for the null token where the
+                model has one).
+            masks: integer label maps ``[B, 1, *spatial]`` or ``[B, *spatial]`` (mask-conditional models).
+
+        Returns:
+            The velocity ``[B, C, *spatial]`` float32, on the CPU.
+
+        Raises:
+            ValueError: inputs of the wrong shape, or conditions the model does not take.
+        """
+        net = self.model.net
+        device = next(net.parameters()).device
+        x = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x, dtype=torch.float32).to(device)
+        t = torch.as_tensor(t, dtype=torch.float32, device=device)
+        cond = None if labels is None else torch.as_tensor(labels, dtype=torch.long).reshape(-1).to(device)
+        mask = None
+        if masks is not None:
+            mask = torch.as_tensor(np.asarray(masks) if not isinstance(masks, Tensor) else masks).long()
+            mask = (mask[:, None] if mask.ndim == self.spec.spatial_dims + 1 else mask).to(device)
+        net.check_conditions(cond, mask)
+        return net(x, t, cond=cond, mask=mask).float().cpu()
 
     @property
     def default_sampler(self) -> str:

@@ -12,7 +12,7 @@ Writes to ``out_dir`` (the run folder by default):
 - ``volumes/sample_XXXXX.nii.gz`` (3D), with ``..._mask.nii.gz`` (integer labels) beside mask-conditioned
   ones;
 - ``sampling.json``: method, sampler, steps, NFE, precision (and why), seconds and samples/s of the
-  generation itself.
+  generation itself, and for an imported model its ``origin`` (what it is and how its network is fed).
 
 With ``export=nnunet|msd|png`` the samples are instead written as a dataset (:mod:`motfm.io.export`) under
 ``export_root`` (default ``out_dir``), batch by batch as they are generated, so memory stays bounded
@@ -243,6 +243,8 @@ def _sample(cfg: DictConfig, dist: DistInfo) -> dict[str, Any]:
         "device": str(device),
         "world_size": dist.world_size,
         "export": None if writer is None else {"format": writer.format, "folder": str(writer.folder)},
+        # How an imported model (python -m motfm.import_motfm) feeds its network; None for suite models.
+        "origin": model.config.get("origin"),
         "generated_now": generated,
         "seconds": seconds,
         "samples_per_s": generated / seconds if seconds > 0 else None,

@@ -41,6 +41,7 @@ def run_bench(tmp_path, *overrides):
             overrides=[
                 TINY_CASE,
                 "memory3d=null",
+                "imported=null",
                 "repeats=1",
                 "warmup=0",
                 "sample_repeats=1",
@@ -282,3 +283,22 @@ def test_flops_of_the_onednn_routed_conv3d_are_counted_like_a_convolution():
     assert count_flops(lambda: conv(x)) == expected
     xg = x.clone().requires_grad_()
     assert count_flops(lambda: conv(xg).sum().backward()) == 3 * expected  # + grad input + grad weight
+
+
+def test_imported_models_are_timed_against_their_original(tmp_path, monkeypatch):
+    import motfm.bench.imported as imported
+    from motfm_original import CONFIGS
+
+    fake_memory(monkeypatch)
+    monkeypatch.setitem(imported.RELEASED, "tiny", (CONFIGS["mask_class"], (16, 16), 4))
+    cases = "imported={cases: [{name: tiny-import, family: tiny, batch_size: 2}], nfe: [2]"
+    cases += ", repeats: 1, warmup: 0}"
+    data, md = run_bench(tmp_path, "reference=true", "precisions=[fp32]", "cases=[]", cases)
+    (row,) = data["imported"]
+    assert row["velocity_rel_diff"] < 1e-4  # the import computes the original's velocity
+    for side in ("motfm", "reference"):
+        c = row["candidates"][side]
+        assert c["eval_s"] > 0 and [s["nfe"] for s in c["sampling"]] == [2]
+    # a conditioned model: every parameter carried over one for one
+    assert row["candidates"]["motfm"]["params"] == row["candidates"]["reference"]["params"]
+    assert "## Imported MOTFM models" in md and "| tiny-import | fp32 | 16x16 x 2 |" in md

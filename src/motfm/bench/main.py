@@ -9,8 +9,10 @@ one network evaluation, Euler sampling at each NFE, and a training step; counts 
 evaluation of each (its time by kind of work, and the operators with the most self time:
 :mod:`motfm.bench.profile`); and measures peak training memory in a fresh process per measurement
 (:mod:`motfm.bench.memory`). A 3D memory table (peak training memory by volume size, with and without
-activation checkpointing) tells what fits. Results: ``<out_dir>/<date>-<device>[-reference].json`` and
-``.md``; compare ratios only within one file.
+activation checkpointing) tells what fits. With ``reference=true`` the ``imported`` entries time models
+imported from the original MOTFM code against the original at the released sizes
+(:mod:`motfm.bench.imported`). Results: ``<out_dir>/<date>-<device>[-reference].json`` and ``.md``; compare
+ratios only within one file.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from motfm.bench.candidates import Candidate, random_batch
+from motfm.bench.imported import bench_imported
 from motfm.bench.memory import measure_memory
 from motfm.bench.ours import build_ours
 from motfm.bench.profile import profile_evaluation
@@ -199,9 +202,12 @@ def run(cfg: DictConfig) -> Path:
             precisions.append(p)
     stem = output_stem(cfg.out_dir, info, device, reference)
 
+    imported: list[dict[str, Any]] = []
+
     def write(results: list[dict[str, Any]], memory: list[dict[str, Any]]) -> str:
-        write_json(stem.with_suffix(".json"), {"machine": info, "results": results, "memory3d": memory})
-        markdown = to_markdown(info, results, memory)
+        data = {"machine": info, "results": results, "memory3d": memory, "imported": imported}
+        write_json(stem.with_suffix(".json"), data)
+        markdown = to_markdown(info, results, memory, imported)
         with atomic_open(stem.with_suffix(".md")) as f:
             f.write(markdown)
         return markdown
@@ -211,6 +217,10 @@ def run(cfg: DictConfig) -> Path:
         for p in precisions:
             results.append(bench_case(cfg, case, p, device, reference))
             write(results, [])  # a run cut short keeps the cases it measured
+    for entry in (cfg.get("imported") or {}).get("cases") or [] if reference else []:
+        for p in precisions:
+            imported.append(bench_imported(cfg, entry, p, device))
+            write(results, [])
     print(write(results, memory_table(cfg, device, reference)))
     log.info("results: %s.{json,md}", stem)
     return stem

@@ -84,18 +84,21 @@ class MotfmStyleModel(nn.Module):
     Args:
         unet: a ``DiffusionModelUNet``.
         controlnet: a ``ControlNet`` for mask conditioning, or ``None``.
+        max_timestep: time ``t`` enters as the integer step ``floor(t (max_timestep - 1))``.
     """
 
-    def __init__(self, unet: nn.Module, controlnet: nn.Module | None = None) -> None:
+    def __init__(
+        self, unet: nn.Module, controlnet: nn.Module | None = None, max_timestep: int = 1000
+    ) -> None:
         super().__init__()
-        self.unet, self.controlnet = unet, controlnet
+        self.unet, self.controlnet, self.max_timestep = unet, controlnet, max_timestep
 
     def forward(
         self, x: Tensor, t: Tensor, cond: Tensor | None = None, masks: Tensor | None = None
     ) -> Tensor:
         """``x`` ``[B, C, *S]``, ``t`` in [0, 1] (``[B]`` or a scalar), ``cond`` one-hot ``[B, K]``,
         ``masks`` ``[B, 1, *S]`` in [0, 1] -> velocity ``[B, C, *S]``."""
-        steps = (t * 999).floor().long()
+        steps = (t * (self.max_timestep - 1)).floor().long()
         if steps.ndim == 0:
             steps = steps.expand(x.shape[0])
         context = cond.unsqueeze(1) if cond is not None and cond.ndim == 2 else cond

@@ -203,8 +203,44 @@ def profile_section(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def to_markdown(info: dict[str, Any], results: list[dict[str, Any]], memory: list[dict[str, Any]]) -> str:
+def imported_section(rows: list[dict[str, Any]]) -> list[str]:
+    """Imported MOTFM models against their original (:mod:`motfm.bench.imported`): evaluation and Euler
+    sampling time at the released sizes, and how far the two velocities lie apart."""
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Imported MOTFM models (python -m motfm.import_motfm) against the original code, same weights",
+        "",
+        "| case | precision | image x batch | params M | eval ms imported | eval ms original | "
+        "eval ours/ref | Euler sampling s imported / original (ours/ref) | velocity rel. diff |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ours, ref = r["candidates"]["motfm"], r["candidates"]["reference"]
+        size = "x".join(map(str, r["image_size"])) + f" x {r['batch_size']}"
+        ref_samp = {s["nfe"]: s["seconds"] for s in ref.get("sampling", [])}
+        samp = "; ".join(
+            f"NFE {s['nfe']}: {s['seconds']:.2f} / {_num(ref_samp.get(s['nfe']), '.2f')} "
+            f"({_ratio(s['seconds'], ref_samp.get(s['nfe']))})"
+            for s in ours.get("sampling", [])
+        )
+        lines.append(
+            f"| {r['case']} | {r['precision']} | {size} | {ours['params'] / 1e6:.1f} | "
+            f"{ours['eval_s'] * 1e3:.0f} | {ref['eval_s'] * 1e3:.0f} | "
+            f"{_ratio(ours['eval_s'], ref['eval_s'])} | "
+            f"{samp or '–'} | {r['velocity_rel_diff']:.1e} |"
+        )
+    return lines
+
+
+def to_markdown(
+    info: dict[str, Any],
+    results: list[dict[str, Any]],
+    memory: list[dict[str, Any]],
+    imported: list[dict[str, Any]] | None = None,
+) -> str:
     """The readable summary of a benchmark run."""
     sections = header(info) + speed_tables(info, results) + auto_check(info, results) + memory_section(memory)
-    sections += profile_section(results)
+    sections += imported_section(imported or []) + profile_section(results)
     return "\n".join(sections) + "\n"

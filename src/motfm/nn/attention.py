@@ -13,6 +13,9 @@ from torch import Tensor, nn
 from motfm.nn.blocks import GroupNorm
 
 BACKENDS = ("sdpa", "xformers")
+# The attention at a UNet level: the suite's spatial transformer, or MONAI's plain self-attention block (what
+# MONAI's DiffusionModelUNet builds at the attention levels of unconditional models; imported MOTFM models).
+ATTENTION_BLOCKS = ("transformer", "plain")
 
 
 def check_backend(backend: str) -> None:
@@ -195,3 +198,39 @@ class SpatialTransformer(nn.Module):
             h = layer(h, context)
         h = self.proj_out(h).transpose(1, 2).reshape(b, c, *spatial)
         return x + h
+
+
+class AttentionBlock(nn.Module):
+    """Plain multi-head self-attention over the positions of a feature map, with a residual connection.
+
+    GroupNorm, query / key / value projections with biases, attention, and no output projection: MONAI
+    Generative's ``AttentionBlock`` (built at the attention levels of ``DiffusionModelUNet``'s unconditional
+    models, so of the original MOTFM's unconditional and 3D networks), whose ``proj_attn`` layer exists but is
+    never applied in its forward pass (monai-generative 0.2.3).
+
+    Args:
+        channels: feature channels ``C`` (also the token width).
+        head_dim: channels per head.
+        norm_groups: GroupNorm groups.
+        backend: ``sdpa`` or ``xformers``.
+    """
+
+    def __init__(self, channels: int, head_dim: int, norm_groups: int = 32, backend: str = "sdpa") -> None:
+        super().__init__()
+        if channels % head_dim:
+            raise ValueError(f"attention channels {channels} are not divisible by head_dim {head_dim}")
+        self.heads, self.backend = channels // head_dim, backend
+        self.norm = GroupNorm(norm_groups, channels, eps=1e-6)
+        self.to_q = nn.Linear(channels, channels)
+        self.to_kv = nn.Linear(channels, 2 * channels)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """``[B, C, *spatial] -> [B, C, *spatial]`` (residual); a ``context`` is refused."""
+        if context is not None:
+            raise ValueError("a plain attention block has no cross-attention, but a context was given")
+        b, c, *spatial = x.shape
+        h = torch.flatten(self.norm(x), 2).transpose(1, 2)
+        q, (k, v) = self.to_q(h), self.to_kv(h).chunk(2, dim=-1)
+        q, k, v = (y.view(b, -1, self.heads, c // self.heads).transpose(1, 2) for y in (q, k, v))
+        out = attend(q, k, v, self.backend)
+        return x + out.transpose(2, 3).reshape(b, c, *spatial)

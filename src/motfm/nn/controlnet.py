@@ -46,6 +46,30 @@ def check_mask_shape(mask: Tensor, spatial_dims: int) -> None:
         raise ValueError(f"mask must be an integer label map, got dtype {mask.dtype}")
 
 
+MASK_INPUTS = ("one_hot", "scaled")
+
+
+def mask_channels(mask: Tensor, num_labels: int, spatial_dims: int, dtype: torch.dtype, mode: str) -> Tensor:
+    """What the ControlNet's mask embedding reads from an integer label map.
+
+    Args:
+        mask: integer label map ``[B, 1, *spatial]``.
+        num_labels: number of labels including background.
+        spatial_dims: 2 or 3.
+        dtype: the output dtype.
+        mode: ``one_hot`` (the suite's models: ``[B, num_labels, *spatial]``, see :func:`one_hot_mask`) or
+            ``scaled`` (the original MOTFM's input: one channel ``label / (num_labels - 1)`` in [0, 1], what
+            its data code's global min-max normalisation makes of a label map ``0 .. num_labels - 1``).
+
+    Returns:
+        ``[B, num_labels or 1, *spatial]``.
+    """
+    if mode == "one_hot":
+        return one_hot_mask(mask, num_labels, spatial_dims, dtype)
+    check_mask_shape(mask, spatial_dims)
+    return mask.to(dtype) / (num_labels - 1)
+
+
 def one_hot_mask(
     mask: Tensor, num_labels: int, spatial_dims: int, dtype: torch.dtype = torch.float32
 ) -> Tensor:
@@ -71,21 +95,27 @@ class MaskEmbedding(nn.Module):
     """Small convolutional embedding of a one-hot mask into the UNet's first feature width.
 
     The last convolution is zero-initialised, as in ControlNet's condition encoder.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_ch: input channels (the one-hot labels, or 1 for a scaled mask).
+        hidden: widths of the hidden convolutions (each followed by SiLU).
+        out_ch: output channels.
     """
 
-    def __init__(self, spatial_dims: int, num_labels: int, hidden: Sequence[int], out_ch: int) -> None:
+    def __init__(self, spatial_dims: int, in_ch: int, hidden: Sequence[int], out_ch: int) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        ch = num_labels
+        ch = in_ch
         for h in hidden:
             layers += [conv_nd(spatial_dims, ch, h), nn.SiLU()]
             ch = h
         layers.append(zero_module(conv_nd(spatial_dims, ch, out_ch)))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, onehot: Tensor) -> Tensor:
-        """``[B, num_labels, *spatial] -> [B, out_ch, *spatial]``."""
-        return self.net(onehot)
+    def forward(self, mask: Tensor) -> Tensor:
+        """``[B, in_ch, *spatial] -> [B, out_ch, *spatial]``."""
+        return self.net(mask)
 
 
 class ControlNet(nn.Module):
@@ -95,21 +125,29 @@ class ControlNet(nn.Module):
         cfg: the UNet's architecture.
         num_mask_labels: labels of the conditioning mask including background.
         mask_embed_channels: hidden widths of the mask embedding.
+        mask_input: how the label map enters the embedding (see :func:`mask_channels`): ``one_hot`` or
+            ``scaled`` (imported MOTFM models).
     """
 
     def __init__(
-        self, cfg: UNetConfig, num_mask_labels: int, mask_embed_channels: Sequence[int] = (16, 32)
+        self,
+        cfg: UNetConfig,
+        num_mask_labels: int,
+        mask_embed_channels: Sequence[int] = (16, 32),
+        mask_input: str = "one_hot",
     ) -> None:
         super().__init__()
         if num_mask_labels < 2:
             raise ValueError(
                 f"a mask needs at least 2 labels (background and one structure), got {num_mask_labels}"
             )
+        if mask_input not in MASK_INPUTS:
+            raise ValueError(f"mask_input must be one of {MASK_INPUTS}, got {mask_input!r}")
         self.cfg = cfg
         self.num_mask_labels = num_mask_labels
-        self.mask_embed = MaskEmbedding(
-            cfg.spatial_dims, num_mask_labels, mask_embed_channels, cfg.channels[0]
-        )
+        self.mask_input = mask_input
+        in_ch = num_mask_labels if mask_input == "one_hot" else 1
+        self.mask_embed = MaskEmbedding(cfg.spatial_dims, in_ch, mask_embed_channels, cfg.channels[0])
         self.encoder = UNetEncoder(cfg)
         self.zero_convs = nn.ModuleList(
             zero_module(conv_nd(cfg.spatial_dims, c, c, kernel_size=1)) for c in self.encoder.skip_channels
@@ -118,10 +156,14 @@ class ControlNet(nn.Module):
 
     @classmethod
     def from_unet(
-        cls, unet: UNet, num_mask_labels: int, mask_embed_channels: Sequence[int] = (16, 32)
+        cls,
+        unet: UNet,
+        num_mask_labels: int,
+        mask_embed_channels: Sequence[int] = (16, 32),
+        mask_input: str = "one_hot",
     ) -> ControlNet:
         """Build a ControlNet whose encoder starts as an exact copy of ``unet``'s encoder."""
-        net = cls(unet.cfg, num_mask_labels, mask_embed_channels)
+        net = cls(unet.cfg, num_mask_labels, mask_embed_channels, mask_input)
         net.encoder.load_state_dict(unet.encoder.state_dict())
         return net
 
@@ -147,13 +189,13 @@ class ControlNet(nn.Module):
         Returns:
             ``(down_residuals, mid_residual)`` matching the UNet's skips and middle activation.
         """
-        onehot = one_hot_mask(mask, self.num_mask_labels, self.cfg.spatial_dims, x.dtype)
-        if onehot.shape[2:] != x.shape[2:]:
+        m = mask_channels(mask, self.num_mask_labels, self.cfg.spatial_dims, x.dtype, self.mask_input)
+        if m.shape[2:] != x.shape[2:]:
             raise ValueError(
-                f"mask spatial size {tuple(onehot.shape[2:])} differs from image {tuple(x.shape[2:])}"
+                f"mask spatial size {tuple(m.shape[2:])} differs from image {tuple(x.shape[2:])}"
             )
-        onehot = onehot.contiguous(memory_format=_memory_format(x))
-        h, skips, _ = self.encoder(x, t, context, hint=self.mask_embed(onehot), r=r)
+        m = m.contiguous(memory_format=_memory_format(x))
+        h, skips, _ = self.encoder(x, t, context, hint=self.mask_embed(m), r=r)
         down = [conv(s) * scale for conv, s in zip(self.zero_convs, skips)]
         return down, self.mid_zero_conv(h) * scale
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -38,16 +39,25 @@ class TimeEmbedding(nn.Module):
     Args:
         base_dim: width of the sinusoidal features.
         out_dim: width of the embedding fed to every residual block.
+        max_timestep: ``None`` (the suite's models): ``t`` is embedded as a float, ``1000 t``. An integer
+            ``T``: ``t`` is first floored to the integer step ``floor(t (T - 1))`` (in float32), as the
+            original MOTFM code feeds time to MONAI's embedding; imported MOTFM models use ``T = 1000``.
     """
 
-    def __init__(self, base_dim: int, out_dim: int) -> None:
+    def __init__(self, base_dim: int, out_dim: int, max_timestep: int | None = None) -> None:
         super().__init__()
+        if max_timestep is not None and max_timestep < 2:
+            raise ValueError(f"max_timestep must be >= 2, got {max_timestep}")
         self.base_dim = base_dim
+        self.max_timestep = max_timestep
         self.mlp = nn.Sequential(nn.Linear(base_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
 
     def forward(self, t: Tensor) -> Tensor:
         """Map time ``[B]`` to ``[B, out_dim]``."""
-        return self.mlp(sinusoidal_embedding(t, self.base_dim))
+        if self.max_timestep is None:
+            return self.mlp(sinusoidal_embedding(t, self.base_dim))
+        steps = (t.float() * (self.max_timestep - 1)).floor()
+        return self.mlp(sinusoidal_embedding(steps, self.base_dim, scale=1.0).to(t.dtype))
 
 
 class IntervalEmbedding(nn.Module):
@@ -73,6 +83,58 @@ class IntervalEmbedding(nn.Module):
         """Map intervals ``[B]`` to ``[B, out_dim]``."""
         e = self.time(torch.cat([d, torch.zeros_like(d[:1])]))  # one call: d = 0 rows cancel exactly
         return e[:-1] - e[-1:]
+
+
+def check_class_labels(labels: Tensor, num_classes: int) -> None:
+    """Raise a clear error for labels outside ``0 .. num_classes`` (reads values: a host sync on a GPU).
+
+    Called where conditions enter the suite (data loaders, the sampling CLIs), never inside ``forward``,
+    so that the forward pass has no host-device synchronisation and compiles as one graph.
+    """
+    if labels.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"class labels must be an integer tensor, got {labels.dtype}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > num_classes):
+        raise ValueError(
+            f"class labels span [{int(labels.min())}, {int(labels.max())}], "
+            f"expected 0..{num_classes - 1} (or {num_classes} for the null token)"
+        )
+
+
+class OneHotContext(nn.Module):
+    """Class labels as a one-hot context token ``[B, 1, num_classes]`` (no parameters).
+
+    How the original MOTFM code conditions on a class: the one-hot vector itself is the single token of the
+    cross-attention context (``cross_attention_dim = num_classes``). Same interface as
+    :class:`ClassEmbedding`; the null label ``num_classes`` maps to the zero vector, which such a model never
+    saw in training (it has no classifier-free guidance).
+
+    Args:
+        num_classes: number of classes (the token width).
+    """
+
+    num_tokens = 1
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"a one-hot class context needs num_classes >= 1, got {num_classes}")
+        self.num_classes = self.dim = num_classes
+
+    @property
+    def null_index(self) -> int:
+        """The label value that selects the (zero) null token."""
+        return self.num_classes
+
+    def check_labels(self, labels: Tensor) -> None:
+        """See :func:`check_class_labels`."""
+        check_class_labels(labels, self.num_classes)
+
+    def forward(self, labels: Tensor) -> Tensor:
+        """Map int64 labels ``[B]`` to one-hot float32 ``[B, 1, num_classes]`` (the null label: zeros)."""
+        if labels.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"class labels must be an integer tensor, got {labels.dtype}")
+        onehot = F.one_hot(labels.long(), self.num_classes + 1)[:, : self.num_classes]
+        return onehot.float()[:, None]
 
 
 class ClassEmbedding(nn.Module):
@@ -101,18 +163,8 @@ class ClassEmbedding(nn.Module):
         return self.num_classes
 
     def check_labels(self, labels: Tensor) -> None:
-        """Raise a clear error for labels outside ``0 .. num_classes`` (reads values: a host sync on a GPU).
-
-        Called where conditions enter the suite (data loaders, the sampling CLIs), never inside ``forward``,
-        so that the forward pass has no host-device synchronisation and compiles as one graph.
-        """
-        if labels.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"class labels must be an integer tensor, got {labels.dtype}")
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > self.num_classes):
-            raise ValueError(
-                f"class labels span [{int(labels.min())}, {int(labels.max())}], "
-                f"expected 0..{self.num_classes - 1} (or {self.num_classes} for the null token)"
-            )
+        """See :func:`check_class_labels`."""
+        check_class_labels(labels, self.num_classes)
 
     def forward(self, labels: Tensor) -> Tensor:
         """Map int64 labels ``[B]`` (``num_classes`` = null; see :meth:`check_labels`) to ``[B, L, D]``."""

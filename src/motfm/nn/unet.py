@@ -17,15 +17,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from motfm.nn.attention import SpatialTransformer, check_backend
+from motfm.nn.attention import ATTENTION_BLOCKS, AttentionBlock, SpatialTransformer, check_backend
 from motfm.nn.blocks import Downsample, GroupNorm, ResBlock, Upsample, check_groups, conv_nd, zero_module
 from motfm.nn.embeddings import IntervalEmbedding, TimeEmbedding
 
 
 class ResAttnStage(nn.Module):
-    """A residual block optionally followed by a spatial transformer."""
+    """A residual block optionally followed by attention (a spatial transformer or a plain block)."""
 
-    def __init__(self, res: ResBlock, attn: SpatialTransformer | None) -> None:
+    def __init__(self, res: ResBlock, attn: nn.Module | None) -> None:
         super().__init__()
         self.res, self.attn = res, attn
 
@@ -60,8 +60,11 @@ class UNetConfig:
         resblock_updown: change resolution with residual blocks (average pooling / nearest neighbour inside
             a :class:`ResBlock`, as MONAI's ``resblock_updown`` in the MOTFM paper's networks) instead of a
             stride-2 convolution / upsampling followed by a convolution.
-        ff_mult: width multiplier of the transformer feed-forward (0: attention only, as MONAI builds the
-            attention of unconditional models).
+        ff_mult: width multiplier of the transformer feed-forward (0: attention only).
+        attention_block: ``transformer`` (:class:`~motfm.nn.attention.SpatialTransformer`) or ``plain``
+            (:class:`~motfm.nn.attention.AttentionBlock`, MONAI's attention of unconditional models).
+        max_timestep: ``None``: time enters as a float; an integer ``T``: floored to ``floor(t (T - 1))``
+            first, as in the original MOTFM code (see :class:`~motfm.nn.embeddings.TimeEmbedding`).
     """
 
     def __init__(
@@ -81,6 +84,8 @@ class UNetConfig:
         interval_embedding: bool = False,
         resblock_updown: bool = False,
         ff_mult: int = 4,
+        attention_block: str = "transformer",
+        max_timestep: int | None = None,
     ) -> None:
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
@@ -111,6 +116,10 @@ class UNetConfig:
         if ff_mult < 0:
             raise ValueError(f"ff_mult must be >= 0, got {ff_mult}")
         check_backend(attention_backend)
+        if attention_block not in ATTENTION_BLOCKS:
+            raise ValueError(f"attention_block must be one of {ATTENTION_BLOCKS}, got {attention_block!r}")
+        if attention_block == "plain" and context_dim is not None:
+            raise ValueError("attention_block=plain has no cross-attention, so no class conditioning")
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels or in_channels
@@ -126,6 +135,8 @@ class UNetConfig:
         self.interval_embedding = interval_embedding
         self.resblock_updown = bool(resblock_updown)
         self.ff_mult = int(ff_mult)
+        self.attention_block = attention_block
+        self.max_timestep = None if max_timestep is None else int(max_timestep)
 
     @property
     def temb_dim(self) -> int:
@@ -140,8 +151,10 @@ class UNetConfig:
     def res_attn(self, in_ch: int, out_ch: int, level: int, attention: bool = True) -> ResAttnStage:
         """A residual block, with a spatial transformer when ``attention`` and the ``level`` has attention."""
         res = ResBlock(self.spatial_dims, in_ch, out_ch, self.temb_dim, self.norm_groups, self.dropout)
-        attn = None
-        if attention and self.attention_levels[level]:
+        attn: nn.Module | None = None
+        if attention and self.attention_levels[level] and self.attention_block == "plain":
+            attn = AttentionBlock(out_ch, self.head_dims[level], self.norm_groups, self.attention_backend)
+        elif attention and self.attention_levels[level]:
             attn = SpatialTransformer(
                 out_ch,
                 self.head_dims[level],
@@ -194,7 +207,7 @@ class UNetEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.activation_checkpointing = False
-        self.time_embed = TimeEmbedding(cfg.channels[0], cfg.temb_dim)
+        self.time_embed = TimeEmbedding(cfg.channels[0], cfg.temb_dim, cfg.max_timestep)
         self.interval_embed = (
             IntervalEmbedding(cfg.channels[0], cfg.temb_dim) if cfg.interval_embedding else None
         )

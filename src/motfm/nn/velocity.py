@@ -15,10 +15,13 @@ from torch import Tensor, nn
 from motfm.checkpoint import read_checkpoint, weights_under
 from motfm.data_spec import DataSpec
 from motfm.nn.controlnet import ControlNet, check_mask
-from motfm.nn.embeddings import ClassEmbedding
+from motfm.nn.embeddings import ClassEmbedding, OneHotContext
 from motfm.nn.unet import UNet, UNetConfig
 
 CONDITIONINGS = ("class", "mask")
+# How class labels become the cross-attention context: a learned token table (the suite's), or the one-hot
+# vector itself as one token of width num_classes (the original MOTFM's; imported models).
+CLASS_CONTEXTS = ("learned", "one_hot")
 
 
 def batch_time(t: Tensor | float, x: Tensor, name: str = "t") -> Tensor:
@@ -42,7 +45,7 @@ class VelocityNet(nn.Module):
 
     Args:
         unet: the backbone.
-        class_embedding: present for class-conditional models.
+        class_embedding: present for class-conditional models (learned tokens, or the one-hot context).
         controlnet: present for mask-conditional models.
         conditioning_scale: multiplies the ControlNet residuals (1 = as trained).
         channels_last: run convolutions in channels-last memory format (faster on CPU and GPU).
@@ -51,7 +54,7 @@ class VelocityNet(nn.Module):
     def __init__(
         self,
         unet: UNet,
-        class_embedding: ClassEmbedding | None = None,
+        class_embedding: ClassEmbedding | OneHotContext | None = None,
         controlnet: ControlNet | None = None,
         conditioning_scale: float = 1.0,
         channels_last: bool = True,
@@ -200,6 +203,10 @@ def build_velocity_net(
     resblock_updown: bool = False,
     ff_mult: int = 4,
     activation_checkpointing: bool = False,
+    attention_block: str = "transformer",
+    max_timestep: int | None = None,
+    class_context: str = "learned",
+    mask_input: str = "one_hot",
 ) -> VelocityNet:
     """Build a :class:`VelocityNet` sized by the data (channels, classes, mask labels).
 
@@ -220,6 +227,10 @@ def build_velocity_net(
         interval_embedding: a second time input ``r`` (set by objectives that need it, e.g. MeanFlow).
         activation_checkpointing: recompute activations in the backward pass (less training memory, one
             more forward; see :meth:`VelocityNet.set_activation_checkpointing`). Not part of the architecture.
+        attention_block, max_timestep: see :class:`UNetConfig` (imported MOTFM models: ``plain``, 1000).
+        class_context: ``learned`` (:class:`ClassEmbedding`) or ``one_hot`` (:class:`OneHotContext`, needs
+            ``class_dim = num_classes`` and ``class_tokens = 1``; imported MOTFM models).
+        mask_input: ``one_hot`` or ``scaled`` (see :func:`motfm.nn.controlnet.mask_channels`).
 
     Returns:
         The network.
@@ -235,6 +246,13 @@ def build_velocity_net(
     if "mask" in conditioning and not spec.has_mask:
         raise ValueError("model.conditioning has 'mask', but the dataset provides no masks")
     has_class = "class" in conditioning
+    if class_context not in CLASS_CONTEXTS:
+        raise ValueError(f"class_context must be one of {CLASS_CONTEXTS}, got {class_context!r}")
+    if has_class and class_context == "one_hot" and (class_dim != spec.num_classes or class_tokens != 1):
+        raise ValueError(
+            f"class_context=one_hot needs class_dim = num_classes = {spec.num_classes} and class_tokens = 1, "
+            f"got {class_dim} and {class_tokens}"
+        )
     cfg = UNetConfig(
         spatial_dims=spatial_dims,
         in_channels=spec.channels,
@@ -250,6 +268,8 @@ def build_velocity_net(
         interval_embedding=interval_embedding,
         resblock_updown=resblock_updown,
         ff_mult=ff_mult,
+        attention_block=attention_block,
+        max_timestep=max_timestep,
     )
     if has_class and not any(cfg.attention_levels):
         raise ValueError(
@@ -262,9 +282,13 @@ def build_velocity_net(
             f"(the UNet halves it {len(cfg.channels) - 1} times)"
         )
     unet = UNet(cfg)
-    class_embedding = ClassEmbedding(spec.num_classes, class_tokens, class_dim) if has_class else None
+    class_embedding: ClassEmbedding | OneHotContext | None = None
+    if has_class and class_context == "one_hot":
+        class_embedding = OneHotContext(spec.num_classes)
+    elif has_class:
+        class_embedding = ClassEmbedding(spec.num_classes, class_tokens, class_dim)
     if base_ckpt is not None:
-        load_base(base_ckpt, unet, class_embedding)
+        load_base(base_ckpt, unet, class_embedding if isinstance(class_embedding, ClassEmbedding) else None)
     elif freeze_base:
         raise ValueError("model.freeze_base=true needs model.base_ckpt, the checkpoint of the base model")
     if freeze_base:
@@ -273,7 +297,7 @@ def build_velocity_net(
             class_embedding.requires_grad_(False)
     controlnet = None
     if "mask" in conditioning:
-        controlnet = ControlNet.from_unet(unet, spec.num_mask_labels, mask_embed_channels)
+        controlnet = ControlNet.from_unet(unet, spec.num_mask_labels, mask_embed_channels, mask_input)
     net = VelocityNet(unet, class_embedding, controlnet, conditioning_scale, channels_last)
     net.set_activation_checkpointing(activation_checkpointing)
     return net

@@ -49,7 +49,7 @@ class Reflow(FlowMatching):
             raise ValueError(
                 "method=reflow trains on (noise, sample) pairs: use data=pairs (python -m motfm.reflow)"
             )
-        x0, x1 = batch["noise"], batch["image"]
+        x0, x1 = batch["noise"], self.to_model_units(batch["image"])
         cond, mask, _ = self.train_conditions(net, batch, generator, train)
         if self.distill:
             t = torch.zeros(x1.shape[0], device=x1.device)
