@@ -153,7 +153,8 @@ class VelocityNet(nn.Module):
                 ``interval_embedding``, see :mod:`motfm.objectives.meanflow`); ``None`` means ``r = t``.
             cond: class labels int64 ``[B]`` (value ``num_classes`` = no condition), or a context
                 ``[B, L, D]``; ``None`` means unconditional (the null token for class models).
-            mask: int64 label map ``[B, 1, *spatial]``, required by mask-conditional models.
+            mask: int64 label map ``[B, 1, *spatial]`` at the image resolution (``mask_downsample`` times
+                ``x``'s side on wavelet coefficients), required by mask-conditional models.
 
         Returns:
             The velocity, same shape as ``x``.
@@ -200,6 +201,7 @@ def build_velocity_net(
     resblock_updown: bool = False,
     ff_mult: int = 4,
     activation_checkpointing: bool = False,
+    mask_downsample: int = 1,
 ) -> VelocityNet:
     """Build a :class:`VelocityNet` sized by the data (channels, classes, mask labels).
 
@@ -220,6 +222,8 @@ def build_velocity_net(
         interval_embedding: a second time input ``r`` (set by objectives that need it, e.g. MeanFlow).
         activation_checkpointing: recompute activations in the backward pass (less training memory, one
             more forward; see :meth:`VelocityNet.set_activation_checkpointing`). Not part of the architecture.
+        mask_downsample: the image side over ``spec``'s (set by a wavelet representation, whose ``spec`` is
+            the coefficients'): masks stay label maps at the image resolution (see :class:`ControlNet`).
 
     Returns:
         The network.
@@ -273,7 +277,7 @@ def build_velocity_net(
             class_embedding.requires_grad_(False)
     controlnet = None
     if "mask" in conditioning:
-        controlnet = ControlNet.from_unet(unet, spec.num_mask_labels, mask_embed_channels)
+        controlnet = ControlNet.from_unet(unet, spec.num_mask_labels, mask_embed_channels, mask_downsample)
     net = VelocityNet(unet, class_embedding, controlnet, conditioning_scale, channels_last)
     net.set_activation_checkpointing(activation_checkpointing)
     return net
