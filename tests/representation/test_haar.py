@@ -35,7 +35,7 @@ def test_round_trip_and_energy(d, levels):
     coeffs = haar_forward(x, levels)
     assert (haar_inverse(coeffs, levels) - x).abs().max() < 1e-6
     torch.testing.assert_close(coeffs.square().sum(), x.square().sum(), rtol=1e-6, atol=0)
-    # orthonormal: inner products are preserved too, so the inverse of a random coefficient tensor has its norm
+    # orthonormal: the inverse of any coefficient tensor keeps its norm too
     c = torch.randn_like(coeffs)
     torch.testing.assert_close(haar_inverse(c, levels).square().sum(), c.square().sum(), rtol=1e-6, atol=0)
 
