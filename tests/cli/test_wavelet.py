@@ -11,6 +11,7 @@ from cli_helpers import CONF_DIR, TINY_2D, TINY_3D, compose_config
 from motfm.checkpoint import read_checkpoint
 from motfm.conditions import Conditions
 from motfm.data.phantom import BrainPhantom
+from motfm.evaluate import evaluate
 from motfm.export_model import export_model
 from motfm.loading import load_model
 from motfm.representation import HaarRepresentation, PixelRepresentation
@@ -19,6 +20,18 @@ from motfm.train import train
 
 STEPS = ["trainer.max_steps=2", "trainer.max_epochs=-1", "~callbacks.sample_grid", "representation=haar"]
 COND = "model.conditioning=[class,mask]"
+EVAL_FAST = [
+    "extractor=random_conv",
+    "num_samples=4",
+    "batch_size=4",
+    "kid_subsets=5",
+    "ms_ssim_pairs=5",
+    "phantom_classifier.num_train=64",
+    "phantom_classifier.num_val=16",
+    "phantom_classifier.epochs=1",
+    "steps=[2]",
+    "samplers=[euler]",
+]
 
 
 def conditions(n: int) -> Conditions:
@@ -107,3 +120,14 @@ def test_a_pixel_checkpoint_without_a_representation_record_still_loads(tmp_path
     assert isinstance(model.representation, PixelRepresentation)
     images, _, _ = generate_batch(model, [0], 0, "euler", 1, Conditions(None, None))
     assert images.shape == (1, 1, 32, 32)
+
+
+@pytest.mark.slow  # the phantom classifier is trained for the class-conditioned model: ~20 s
+def test_evaluate_scores_the_decoded_volumes_with_high_frequency_fidelity(haar_ckpt, tmp_path):
+    overrides = [*EVAL_FAST, f"ckpt_path={haar_ckpt}", f"out_dir={tmp_path}", f"paths.cache_dir={tmp_path}"]
+    result = evaluate(compose_config("evaluate", overrides, tmp_path))
+    (row,) = result["results"]
+    assert row["num_fake"] == 4 and row["nfe"] == 2
+    for key in ("fid", "mmd_rbf", "ms_ssim", "psd_hf_log_error", "psd_hf_ratio", "dice"):
+        assert isinstance(row[key], float), key
+    assert row["psd_hf_ratio"] > 0 and 0 <= row["dice"] <= 1
