@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from motfm.checkpoint import read_checkpoint
 from motfm.cli import readable_errors
 from motfm.data.datamodule import MotfmDataModule, collate
 from motfm.io.atomic import write_json
@@ -54,7 +55,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("data: %s", spec)
     module = GenerativeModule.from_config(cfg, spec)
     if not ckpt_path:  # a resumed run restores the representation's statistics from its checkpoint
-        fit_representation(module.representation, datamodule)
+        fit_representation(module.representation, datamodule, cfg.get("init_ckpt"))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     if not loggers:  # logger=none: there is nothing to monitor the learning rate into
@@ -96,14 +97,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-def fit_representation(representation: Representation, datamodule: MotfmDataModule) -> None:
+def fit_representation(
+    representation: Representation, datamodule: MotfmDataModule, init_ckpt: str | None = None
+) -> None:
     """Estimate a representation's data statistics (band scales) from the training split, once.
 
     Reads the first ``representation.scale_batches`` batches of the training split in index order (no
-    shuffling), so every rank of a DDP run, and every rerun, estimates the same numbers.
+    shuffling), so every rank of a DDP run, and every rerun, estimates the same numbers. A run initialised
+    from a checkpoint (``init_ckpt``, e.g. a reflow student from its teacher) whose representation has the
+    same form takes that checkpoint's statistics instead: its weights were trained on them.
     """
     if not representation.needs_fit:
         return
+    if init_ckpt:
+        stored = read_checkpoint(init_ckpt)["motfm"].get("representation") or {}
+        if {k: v for k, v in stored.items() if k != "scale"} == {
+            k: v for k, v in representation.to_dict().items() if k != "scale"
+        }:
+            representation.load_dict(stored)
+            log.info("representation statistics taken from init_ckpt %s", init_ckpt)
+            return
     loader = DataLoader(
         datamodule.dataset("train"), batch_size=datamodule.batch_size, shuffle=False, collate_fn=collate
     )

@@ -14,6 +14,7 @@ from motfm.data.phantom import BrainPhantom
 from motfm.evaluate import evaluate
 from motfm.export_model import export_model
 from motfm.loading import load_model
+from motfm.reflow import generate_pairs
 from motfm.representation import HaarRepresentation, PixelRepresentation
 from motfm.sample import generate_batch
 from motfm.train import train
@@ -131,3 +132,28 @@ def test_evaluate_scores_the_decoded_volumes_with_high_frequency_fidelity(haar_c
     for key in ("fid", "mmd_rbf", "ms_ssim", "psd_hf_log_error", "psd_hf_ratio", "dice"):
         assert isinstance(row[key], float), key
     assert row["psd_hf_ratio"] > 0 and 0 <= row["dice"] <= 1
+
+
+def test_reflow_pairs_hold_coefficient_noise_and_the_student_keeps_its_teachers_scales(haar_ckpt, tmp_path):
+    pairs = tmp_path / "pairs"
+    args = [f"ckpt_path={haar_ckpt}", f"out_dir={pairs}", "num_pairs=6", "batch_size=3", "steps=2"]
+    generate_pairs(compose_config("reflow", args, pairs))
+    shard = torch.load(pairs / "parts" / "part_000000.pt", weights_only=True)
+    assert shard["noise"].shape == (3, 8, 8, 8, 8) and shard["images"].shape == (3, 1, 16, 16, 16)
+    tiny = [o for o in TINY_3D if not o.startswith(("data=", "data.dataset."))]
+    student = [
+        *tiny,
+        COND,
+        "method=reflow",
+        "data=pairs",
+        f"data.dataset.root={pairs}",
+        f"init_ckpt={haar_ckpt}",
+    ]
+    student += ["data.dataset.val_fraction=0.34", "trainer.precision=32-true", *STEPS]
+    result = train(compose_config("train", student, tmp_path / "student"))
+    stored = read_checkpoint(result["last_ckpt"])["motfm"]["representation"]
+    assert stored == read_checkpoint(haar_ckpt)["motfm"]["representation"]
+    pixel = [*student[:-1], "representation=pixel", "init_ckpt=null"]  # STEPS ends with representation=haar
+    with pytest.raises(ValueError, match="train the student with its teacher's representation") as err:
+        train(compose_config("train", pixel, tmp_path / "pixel"))
+    assert "\n" not in str(err.value)

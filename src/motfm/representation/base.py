@@ -71,12 +71,26 @@ class Representation(nn.Module):
         """Estimate the representation's data statistics from training images (none by default)."""
 
     def encode_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """A training batch with its ``image`` encoded (labels, masks and the rest unchanged)."""
-        return {**batch, "image": self.encode(batch["image"])}
+        """A training batch with its ``image`` encoded (labels, masks and the rest unchanged).
+
+        Reflow pairs carry the ``noise`` their teacher started from, drawn where the teacher's flow ran: it
+        must have the shape of this representation's coefficients (checked on shapes, no host read).
+        """
+        coeffs = self.encode(batch["image"])
+        noise = batch.get("noise")
+        if noise is not None and noise.shape != coeffs.shape:
+            raise ValueError(
+                f"the pairs' noise has shape {tuple(noise.shape)}, this run's {self.kind} representation "
+                f"gives {tuple(coeffs.shape)}: train the student with its teacher's representation"
+            )
+        return {**batch, "image": coeffs}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python description (kind, options, statistics), stored in checkpoints and exports."""
         return {"kind": self.kind}
+
+    def load_dict(self, d: dict[str, Any]) -> None:
+        """Restore the statistics of :meth:`to_dict` (none by default)."""
 
 
 class PixelRepresentation(Representation):
