@@ -2,9 +2,11 @@
 
 import json
 
+import pytest
 from test_bench import TINY_MODEL, fake_memory, run_bench
 
 
+@pytest.mark.slow  # a whole bench run (FLOPs, timings, sampling): ~8 s
 def test_a_haar_case_evaluates_the_network_on_coefficients(tmp_path, monkeypatch):
     jobs = fake_memory(monkeypatch)
     haar = json.dumps(["model.conditioning=[class,mask]", *TINY_MODEL, "representation=haar"])

@@ -10,7 +10,7 @@ import motfm
 from cli_helpers import CONF_DIR, TINY_2D, TINY_3D, compose_config
 from motfm.checkpoint import read_checkpoint
 from motfm.conditions import Conditions
-from motfm.data.phantom import BrainPhantom
+from motfm.data.phantom import BrainPhantom, EchoPhantom
 from motfm.evaluate import evaluate
 from motfm.export_model import export_model
 from motfm.loading import load_model
@@ -18,6 +18,7 @@ from motfm.reflow import generate_pairs
 from motfm.representation import HaarRepresentation, PixelRepresentation
 from motfm.sample import generate_batch
 from motfm.train import train
+from tiny_ckpt import tiny_checkpoint
 
 STEPS = ["trainer.max_steps=2", "trainer.max_epochs=-1", "~callbacks.sample_grid", "representation=haar"]
 COND = "model.conditioning=[class,mask]"
@@ -91,9 +92,9 @@ def test_export_and_load_pretrained_sample_what_the_checkpoint_samples(haar_ckpt
 @pytest.mark.parametrize(
     ("method", "tiny", "levels", "precision"),
     [
-        ("fm", TINY_2D, 2, "bf16-mixed"),
-        ("ddpm", TINY_2D, 2, "32-true"),
-        ("meanflow", TINY_3D, 1, "bf16-mixed"),
+        ("fm", TINY_2D, 2, "bf16-mixed"),  # fm in fp32, 3D, one level: the haar_ckpt fixture
+        pytest.param("ddpm", TINY_2D, 2, "32-true", marks=pytest.mark.slow),
+        pytest.param("meanflow", TINY_3D, 1, "bf16-mixed", marks=pytest.mark.slow),
     ],
 )
 def test_each_method_trains_on_coefficients_and_samples_images(tmp_path, method, tiny, levels, precision):
@@ -110,16 +111,16 @@ def test_each_method_trains_on_coefficients_and_samples_images(tmp_path, method,
     assert images.shape == (2, spec.channels, *spec.image_size) and torch.isfinite(images).all()
 
 
-def test_a_pixel_checkpoint_without_a_representation_record_still_loads(tmp_path):
-    result = train(
-        compose_config("train", [*TINY_2D, "trainer.max_steps=1", "~callbacks.sample_grid"], tmp_path)
-    )
+def test_a_pixel_checkpoint_without_a_representation_record_still_loads(tmp_path_factory, tmp_path):
+    result = {"last_ckpt": tiny_checkpoint(tmp_path_factory)}  # the session's shared pixel model
     ckpt = torch.load(result["last_ckpt"], weights_only=True)
     del ckpt["motfm"]["representation"]  # as written before representations existed
     torch.save(ckpt, tmp_path / "old.ckpt")
     model = load_model(tmp_path / "old.ckpt")
     assert isinstance(model.representation, PixelRepresentation)
-    images, _, _ = generate_batch(model, [0], 0, "euler", 1, Conditions(None, None))
+    echo = EchoPhantom("val", size=32, num_samples=1)[0]
+    conditions = Conditions(echo["label"][None], echo["mask"][None])
+    images, _, _ = generate_batch(model, [0], 0, "euler", 1, conditions)
     assert images.shape == (1, 1, 32, 32)
 
 
@@ -134,6 +135,7 @@ def test_evaluate_scores_the_decoded_volumes_with_high_frequency_fidelity(haar_c
     assert row["psd_hf_ratio"] > 0 and 0 <= row["dice"] <= 1
 
 
+@pytest.mark.slow  # pair generation + a student run: ~10 s
 def test_reflow_pairs_hold_coefficient_noise_and_the_student_keeps_its_teachers_scales(haar_ckpt, tmp_path):
     pairs = tmp_path / "pairs"
     args = [f"ckpt_path={haar_ckpt}", f"out_dir={pairs}", "num_pairs=6", "batch_size=3", "steps=2"]

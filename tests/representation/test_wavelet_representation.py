@@ -98,3 +98,34 @@ def test_a_one_voxel_thin_structure_reaches_the_controlnet_at_coefficient_resolu
     assert label2.amax(1)[(0, 2) + (slice(None),) * (d - 1)].min() == 1  # at the coefficients covering it
     assert label2.sum(1)[0, [0, 1, 3]].sum() == 0
     assert torch.all(onehot.reshape(1, 3, 2**d, -1).sum(1) == 1)  # a partition: exactly one label per voxel
+
+
+@pytest.mark.slow  # dynamo traces the whole network: ~4 s
+def test_the_mask_conditioned_network_on_coefficients_compiles_as_one_graph():
+    torch._dynamo.reset()
+    data = spec(2, size=16, channels=1, num_mask_labels=3)
+    rep = HaarRepresentation(data, levels=1)
+    net = build_velocity_net(
+        rep.coeff_spec(data), spatial_dims=2, conditioning=("mask",), **TINY, **rep.net_kwargs()
+    )
+    with torch.no_grad():  # random weights everywhere, so that the output depends on the mask
+        for p in net.parameters():
+            p.copy_(torch.randn_like(p) * 0.05)
+    x, t = torch.randn(2, *rep.coeff_shape), torch.rand(2)
+    mask = torch.randint(0, 3, (2, 1, 16, 16))
+    compiled = torch.compile(net, fullgraph=True, backend="eager")  # a graph break raises here
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x, t, mask=mask), net(x, t, mask=mask))
+        assert not torch.allclose(net(x, t, mask=mask), net(x, t, mask=torch.zeros_like(mask)))
+
+
+def test_encode_and_decode_stay_exact_under_bf16_autocast():
+    rep = HaarRepresentation(spec(3), levels=2)
+    rep.scale.copy_(torch.rand(rep.scale.shape) + 0.1)
+    x = torch.rand(2, 2, 8, 8, 8) * 2 - 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        coeffs = rep.encode(x)
+        back = rep.decode(coeffs.to(torch.bfloat16))  # a bf16 sampler output is decoded in fp32
+    assert coeffs.dtype == torch.float32 and torch.equal(coeffs, rep.encode(x))
+    assert back.dtype == torch.float32
+    torch.testing.assert_close(back, rep.decode(coeffs.to(torch.bfloat16).float()), rtol=0, atol=0)
