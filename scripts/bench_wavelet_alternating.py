@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,7 @@ def build(size: int, representation: str, precision: str) -> Candidate:
         "data.dataset.num_samples={train:2,val:1,test:1}",
         "logger=none",
         f"representation={representation}",
+        f"paths.output_dir={tempfile.gettempdir()}",  # stands for a run folder; nothing is written
     ]
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("train", overrides=overrides)
