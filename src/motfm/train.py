@@ -111,9 +111,8 @@ def fit_representation(
         return
     if init_ckpt:
         stored = read_checkpoint(init_ckpt)["motfm"].get("representation") or {}
-        if {k: v for k, v in stored.items() if k != "scale"} == {
-            k: v for k, v in representation.to_dict().items() if k != "scale"
-        }:
+        form = ("kind", "levels", "band_scale")
+        if all(stored.get(k) == representation.to_dict().get(k) for k in form):
             representation.load_dict(stored)
             log.info("representation statistics taken from init_ckpt %s", init_ckpt)
             return
