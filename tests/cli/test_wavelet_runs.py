@@ -159,3 +159,10 @@ def test_reflow_pairs_hold_coefficient_noise_and_the_student_keeps_its_teachers_
     with pytest.raises(ValueError, match="train the student with its teacher's representation") as err:
         train(compose_config("train", pixel, tmp_path / "pixel"))
     assert "\n" not in str(err.value)
+
+
+def test_an_image_size_the_levels_cannot_halve_is_refused_in_one_line(tmp_path):
+    overrides = [*TINY_2D, "data.dataset.size=34", "representation=haar", "representation.levels=2"]
+    with pytest.raises(ValueError, match=r"divisible by 4; got image size \(34, 34\)") as err:
+        train(compose_config("train", overrides, tmp_path))
+    assert "\n" not in str(err.value)
