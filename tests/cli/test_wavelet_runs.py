@@ -93,8 +93,8 @@ def test_export_and_load_pretrained_sample_what_the_checkpoint_samples(haar_ckpt
     ("method", "tiny", "levels", "precision"),
     [
         ("fm", TINY_2D, 2, "bf16-mixed"),  # fm in fp32, 3D, one level: the haar_ckpt fixture
-        pytest.param("ddpm", TINY_2D, 2, "32-true", marks=pytest.mark.slow),
-        pytest.param("meanflow", TINY_3D, 1, "bf16-mixed", marks=pytest.mark.slow),
+        ("ddpm", TINY_2D, 2, "32-true"),
+        ("meanflow", TINY_3D, 1, "bf16-mixed"),
     ],
 )
 def test_each_method_trains_on_coefficients_and_samples_images(tmp_path, method, tiny, levels, precision):
@@ -135,7 +135,6 @@ def test_evaluate_scores_the_decoded_volumes_with_high_frequency_fidelity(haar_c
     assert row["psd_hf_ratio"] > 0 and 0 <= row["dice"] <= 1
 
 
-@pytest.mark.slow  # pair generation + a student run: ~10 s
 def test_reflow_pairs_hold_coefficient_noise_and_the_student_keeps_its_teachers_scales(haar_ckpt, tmp_path):
     pairs = tmp_path / "pairs"
     args = [f"ckpt_path={haar_ckpt}", f"out_dir={pairs}", "num_pairs=6", "batch_size=3", "steps=2"]

@@ -100,7 +100,6 @@ def test_a_one_voxel_thin_structure_reaches_the_controlnet_at_coefficient_resolu
     assert torch.all(onehot.reshape(1, 3, 2**d, -1).sum(1) == 1)  # a partition: exactly one label per voxel
 
 
-@pytest.mark.slow  # dynamo traces the whole network: ~4 s
 def test_the_mask_conditioned_network_on_coefficients_compiles_as_one_graph():
     torch._dynamo.reset()
     data = spec(2, size=16, channels=1, num_mask_labels=3)
