@@ -22,6 +22,9 @@ Metrics of each generated set (one table row per sampler / steps):
 - ``ms_ssim``: mean MS-SSIM of random pairs of generated images (diversity, Odena et al. 2017; the reference
   row gives the value of the real set); ``ssim_paired``: SSIM of mask-conditioned samples against the real
   image whose mask conditioned them;
+- ``psd_hf_log_error`` / ``psd_hf_ratio``: high-frequency fidelity, the radially averaged power spectrum of
+  the samples against the reference images above a quarter of the sampling frequency (mean absolute log10
+  difference, and the power ratio: < 1 blur, > 1 noise; :mod:`motfm.metrics.spectrum`);
 - on the embedded phantoms: ``dice`` (mean and per label) of the deterministic segmentation of
   mask-conditioned samples against their masks (``dice_vs_random_real`` for models without masks:
   against the masks of random real items, a chance baseline), and ``label_acc`` of class-conditioned samples

@@ -3,7 +3,8 @@
 Writes into ``out`` (each file atomically, ``config.json`` last but one and the card last):
 
 - ``model.safetensors``: the EMA weights of the network (``use_ema=false``: the raw training weights);
-- ``config.json``: the model config, the method config and the data spec (everything
+- ``config.json``: the model config, the method config, the data spec and the representation (pixels, or
+  wavelet levels and band scales: everything
   :func:`motfm.load_pretrained` needs to rebuild the network), the default sampling settings, a summary of
   the training run and the weights' SHA-256;
 - ``README.md``: a model card: what the model generates, the training configuration, the metrics of an
@@ -30,7 +31,7 @@ from motfm.checkpoint import CheckpointError, load_state, read_checkpoint, weigh
 from motfm.cli import readable_errors
 from motfm.data.base import DataSpec
 from motfm.io.atomic import atomic_open, atomic_path, write_json
-from motfm.loading import build_model
+from motfm.loading import build_model, read_representation
 from motfm.metrics.report import markdown_table
 from motfm.pretrained import CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE
 
@@ -130,6 +131,8 @@ def model_card(name: str, exported: dict[str, Any], metrics: dict[str, Any] | No
         lines += [f"Mask labels (value: name): {', '.join(f'{i}: {n}' for i, n in enumerate(names))}.", ""]
     items = [(f"model.{k}", model[k]) for k in MODEL_KEYS if k in model]
     items += [(k, v) for k, v in training.items() if v is not None]
+    representation = exported.get("representation") or {"kind": "pixel"}
+    items += [(f"representation.{k}", v) for k, v in representation.items() if k != "scale"]
     items += [(f"sampling.{k}", v) for k, v in (exported.get("sampling") or {}).items()]
     rows = [{"key": k, "value": v if isinstance(v, str | int | float) else json.dumps(v)} for k, v in items]
     lines += ["## Training configuration", "", markdown_table(rows, ["key", "value"])]
@@ -187,7 +190,9 @@ def export_model(cfg: DictConfig) -> Path:
     state = {k: v.detach().clone().contiguous() for k, v in weights_under(ckpt["state_dict"], prefix).items()}
     if not state:
         raise CheckpointError(f"{ckpt_path}: no weights under '{prefix}' in the checkpoint")
-    net, _ = build_model(config, spec, ckpt_path)  # the stored config must rebuild a net these weights fit
+    representation = read_representation(meta.get("representation"), spec, ckpt_path)
+    # the stored config must rebuild a net these weights fit
+    net, _ = build_model(config, spec, ckpt_path, representation=representation)
     load_state(net, state, ckpt_path)
     metrics_path = find_metrics(ckpt_path, cfg.get("metrics"))
     metrics = read_metrics(metrics_path) if metrics_path is not None else None
@@ -207,6 +212,7 @@ def export_model(cfg: DictConfig) -> Path:
         "model": model_cfg,
         "method": config.get("method"),
         "data_spec": spec.to_dict(),
+        "representation": representation.to_dict(),
         "sampling": config.get("sampling"),
         "weights": {
             "file": WEIGHTS_FILE,

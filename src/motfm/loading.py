@@ -16,6 +16,7 @@ from motfm.data.base import DataSpec
 from motfm.nn.velocity import VelocityNet
 from motfm.objectives.base import Objective
 from motfm.objectives.flow_matching import FlowMatching
+from motfm.representation import PixelRepresentation, Representation, representation_from_dict
 
 # Model options that do not alter the architecture, so they may change at sampling time.
 RUNTIME_MODEL_OPTIONS = (
@@ -33,10 +34,12 @@ class LoadedModel:
     Attributes:
         net: the velocity network (EMA weights unless asked otherwise), in eval mode.
         objective: the method (flow matching, diffusion, ...), which owns the samplers.
-        spec: the data description it was trained on.
+        spec: the data description it was trained on (images; the network sees
+            ``representation.coeff_spec(spec)``).
         config: the resolved training configuration.
         path: where it came from.
         global_step: optimiser steps it was trained for.
+        representation: where the flow runs (pixels, or wavelet coefficients with their band scales).
     """
 
     net: VelocityNet
@@ -45,6 +48,25 @@ class LoadedModel:
     config: dict[str, Any]
     path: Path
     global_step: int
+    representation: Representation | None = None
+
+    def __post_init__(self) -> None:
+        if self.representation is None:
+            self.representation = PixelRepresentation(self.spec)
+
+
+def read_representation(
+    stored: dict[str, Any] | None, spec: DataSpec, path: str | os.PathLike[str]
+) -> Representation:
+    """The representation a checkpoint or exported model recorded (none recorded: pixels).
+
+    Raises:
+        CheckpointError: naming the file when the record is malformed.
+    """
+    try:
+        return representation_from_dict(stored, spec)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: malformed 'representation' ({err})") from None
 
 
 def check_targets(config: Any, path: str | os.PathLike[str], key: str = "config") -> None:
@@ -89,6 +111,7 @@ def build_model(
     spec: DataSpec,
     path: str | os.PathLike[str],
     model_overrides: dict[str, Any] | None = None,
+    representation: Representation | None = None,
 ) -> tuple[VelocityNet, Objective]:
     """Rebuild the (untrained) network and the objective of a stored training configuration.
 
@@ -98,6 +121,7 @@ def build_model(
         path: the file the config came from (named in errors).
         model_overrides: model options to change; only :data:`RUNTIME_MODEL_OPTIONS`, which do not alter the
             architecture, may differ from the stored config.
+        representation: where the flow runs (default pixels); the network is built on its coefficients.
 
     Returns:
         ``(net, objective)``.
@@ -117,8 +141,11 @@ def build_model(
     model_cfg.update(base_ckpt=None, freeze_base=False)  # every weight comes from the stored weights
     check_targets(model_cfg, path, "model")
     objective = build_objective(config, path)
+    representation = representation if representation is not None else PixelRepresentation(spec)
     factory = hydra.utils.instantiate(OmegaConf.create(model_cfg), _partial_=True)
-    net: VelocityNet = factory(spec=spec, **objective.net_kwargs())
+    net: VelocityNet = factory(
+        spec=representation.coeff_spec(spec), **objective.net_kwargs(), **representation.net_kwargs()
+    )
     return net, objective
 
 
@@ -144,7 +171,8 @@ def load_model(
     meta = ckpt["motfm"]
     config = meta["config"]
     spec = DataSpec.from_dict(meta["data_spec"])
-    net, objective = build_model(config, spec, path, model_overrides)
+    representation = read_representation(meta.get("representation"), spec, path)
+    net, objective = build_model(config, spec, path, model_overrides, representation)
     load_weights(net, path, use_ema, ckpt)
     net.eval().to(device)
     return LoadedModel(
@@ -154,4 +182,5 @@ def load_model(
         config=config,
         path=Path(path),
         global_step=int(ckpt.get("global_step", 0)),
+        representation=representation.to(device),
     )

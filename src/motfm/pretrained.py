@@ -27,7 +27,7 @@ from torch import Tensor
 from motfm.checkpoint import CheckpointError, load_state
 from motfm.conditions import Conditions
 from motfm.data.base import DataSpec
-from motfm.loading import LoadedModel, build_model
+from motfm.loading import LoadedModel, build_model, read_representation
 from motfm.objectives.base import SamplerOptions
 from motfm.sample import generate_batch
 
@@ -257,7 +257,8 @@ def load_pretrained(
     config_path = folder / CONFIG_FILE
     spec = DataSpec.from_dict(config["data_spec"])
     stored = {"model": config["model"], "method": config.get("method")}
-    net, objective = build_model(stored, spec, config_path, model_overrides)
+    representation = read_representation(config.get("representation"), spec, config_path)
+    net, objective = build_model(stored, spec, config_path, model_overrides, representation)
     load_state(net, read_weights(folder / WEIGHTS_FILE), folder / WEIGHTS_FILE)
     net.eval().to(device)
     model = LoadedModel(
@@ -267,5 +268,6 @@ def load_pretrained(
         config=stored,
         path=folder,
         global_step=int((config.get("training") or {}).get("global_step", 0)),
+        representation=representation.to(device),
     )
     return PretrainedGenerator(model, config)

@@ -68,7 +68,7 @@ def generate_pairs(cfg: DictConfig) -> dict[str, Any]:
     if key_file.exists() and json.loads(key_file.read_text()) != run_key:
         raise ValueError(f"{out_dir} holds pairs of a different run ({key_file}); choose another out_dir")
     write_json(key_file, run_key)
-    shape = (model.spec.channels, *model.spec.image_size)
+    shape = model.representation.coeff_shape  # noise where the flow runs; images decoded
     for start in range(0, cfg.num_pairs, cfg.batch_size):
         indices = list(range(start, min(start + cfg.batch_size, cfg.num_pairs)))
         shard = parts / f"part_{start:06d}.pt"
@@ -81,7 +81,7 @@ def generate_pairs(cfg: DictConfig) -> dict[str, Any]:
             result = objective.sample(
                 model.net, noise, sampler, cfg.steps, cond, mask, cfg.guidance_scale, options
             )
-        images = result.x.float().clamp(-1, 1).cpu()
+        images = model.representation.decode(result.x.float()).clamp(-1, 1).cpu()
         seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
         labels, masks = conditions.for_indices(indices, "cpu")
         with atomic_path(shard) as tmp:

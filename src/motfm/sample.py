@@ -116,19 +116,20 @@ def generate_batch(
             :func:`motfm.nn.captured.sampling_net`).
 
     Returns:
-        Images ``[B, C, *spatial]`` in [-1, 1] (on the CPU), the NFE used, and the seconds the generation
-        took (the device synchronised before and after, noise drawing and integration included).
+        Images ``[B, C, *spatial]`` in [-1, 1] (on the CPU, decoded from the model's representation), the
+        NFE used, and the seconds the generation took (the device synchronised before and after, noise
+        drawing and integration included).
     """
     device = next(model.net.parameters()).device
     net = model.net if net is None else net
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    noise = SampleNoise((model.spec.channels, *model.spec.image_size), indices, seed, device)
+    noise = SampleNoise(model.representation.coeff_shape, indices, seed, device)
     cond, mask = conditions.for_indices(indices, device)
     with autocast(device, precision, cache=not isinstance(net, CapturedNet)):
         result = model.objective.sample(net, noise, sampler, steps, cond, mask, guidance_scale, options)
-    images = result.x.float().clamp(-1, 1).cpu()
+    images = model.representation.decode(result.x.float()).clamp(-1, 1).cpu()
     return images, result.nfe, time.perf_counter() - t0
 
 

@@ -7,6 +7,7 @@ default) holds the resolved config, checkpoints (``checkpoints/last.ckpt``), sam
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,14 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
 
+from motfm.checkpoint import read_checkpoint
 from motfm.cli import readable_errors
+from motfm.data.datamodule import MotfmDataModule, collate
 from motfm.io.atomic import write_json
 from motfm.lit.module import GenerativeModule
+from motfm.representation import Representation
 from motfm.runtime import trainer_precision
 from motfm.sweeps import trial_value
 from motfm.validate import resolve_resume, validate_train_config
@@ -49,6 +54,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     spec = datamodule.spec
     log.info("data: %s", spec)
     module = GenerativeModule.from_config(cfg, spec)
+    if not ckpt_path:  # a resumed run restores the representation's statistics from its checkpoint
+        fit_representation(module.representation, datamodule, cfg.get("init_ckpt"))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     if not loggers:  # logger=none: there is nothing to monitor the learning rate into
@@ -88,6 +95,32 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         write_json(Path(cfg.paths.output_dir) / "result.json", result)
     return result
+
+
+def fit_representation(
+    representation: Representation, datamodule: MotfmDataModule, init_ckpt: str | None = None
+) -> None:
+    """Estimate a representation's data statistics (band scales) from the training split, once.
+
+    Reads the first ``representation.scale_batches`` batches of the training split in index order (no
+    shuffling), so every rank of a DDP run, and every rerun, estimates the same numbers. A run initialised
+    from a checkpoint (``init_ckpt``, e.g. a reflow student from its teacher) whose representation has the
+    same form takes that checkpoint's statistics instead: its weights were trained on them.
+    """
+    if not representation.needs_fit:
+        return
+    if init_ckpt:
+        stored = read_checkpoint(init_ckpt)["motfm"].get("representation") or {}
+        form = ("kind", "levels", "band_scale")
+        if all(stored.get(k) == representation.to_dict().get(k) for k in form):
+            representation.load_dict(stored)
+            log.info("representation statistics taken from init_ckpt %s", init_ckpt)
+            return
+    loader = DataLoader(
+        datamodule.dataset("train"), batch_size=datamodule.batch_size, shuffle=False, collate_fn=collate
+    )
+    batches = itertools.islice(loader, representation.scale_batches)
+    representation.fit(batch["image"] for batch in batches)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")

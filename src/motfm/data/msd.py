@@ -17,7 +17,10 @@ Preprocessing of each volume, once (see :mod:`motfm.data.cache`): the brain boun
 non-zero in any selected modality, the volumes being skull-stripped with a zero background) is cropped with a
 ``margin``; each modality is normalised by the ``percentiles`` of its brain voxels to [-1, 1] (background -1);
 the crop is resized to ``image_size``, by default keeping its aspect ratio (``keep_aspect``) and padding the
-rest with background, trilinearly for images and by nearest neighbour for label maps.
+rest with background, trilinearly for images and by nearest neighbour for label maps. With ``resize=False``
+the volume keeps its native spacing (full resolution, e.g. for flow matching in wavelet space): the crop is
+padded with background to ``image_size`` around its centre (an axis longer than ``image_size`` is cropped
+around the bounding box's centre), so every output voxel is a source voxel, no interpolation.
 
 Axes: the output tensor is ``[C, D, H, W]`` with ``(D, H, W)`` = the NIfTI voxel axes ``(i, j, k)`` in
 stored order (no transposition; for BraTS ``i`` runs left-right, ``j`` anterior-posterior, ``k`` inferior-
@@ -138,6 +141,8 @@ class MsdBrainDataset(CachedDataset):
         margin: voxels added around the brain bounding box before resizing.
         percentiles: lower/upper percentile of the brain voxels mapped to -1/1 (per modality and volume).
         keep_aspect: resize the crop by one factor for all axes and pad; ``False`` stretches every axis.
+        resize: ``False``: no resampling, native spacing: the crop is padded (or centre-cropped) to
+            ``image_size`` (``keep_aspect`` does not apply).
         with_mask: load the label maps (``labelsTr``).
         class_by: ``none`` or ``tumour_size`` (classes by tumour volume in mL, all labels > 0, cut at
             ``tumour_size_bins``).
@@ -159,6 +164,7 @@ class MsdBrainDataset(CachedDataset):
         margin: int = 4,
         percentiles: Sequence[float] = (0.5, 99.5),
         keep_aspect: bool = True,
+        resize: bool = True,
         with_mask: bool = True,
         class_by: str = "none",
         tumour_size_bins: Sequence[float] = (20.0, 60.0),
@@ -188,6 +194,7 @@ class MsdBrainDataset(CachedDataset):
         self.margin = int(margin)
         self.percentiles = (float(percentiles[0]), float(percentiles[1]))
         self.keep_aspect = keep_aspect
+        self.resize = resize
         self.with_mask = with_mask
         self.class_by = class_by
         self.bins = bins
@@ -217,6 +224,7 @@ class MsdBrainDataset(CachedDataset):
             "margin": self.margin,
             "percentiles": list(self.percentiles),
             "keep_aspect": keep_aspect,
+            "resize": resize,
             "with_mask": with_mask,
             "class_by": class_by,
             "tumour_size_bins": bins,
@@ -265,10 +273,12 @@ class MsdBrainDataset(CachedDataset):
             (max(0, int(idx.min()) - self.margin), min(n, int(idx.max()) + 1 + self.margin))
             for idx, n in zip(np.nonzero(brain), brain.shape)
         ]
+        if not self.resize:
+            box = fit_box(box, self.image_size)
         crop = tuple(slice(lo, hi) for lo, hi in box)
         vol, brain = vol[(slice(None), *crop)], brain[crop]
         vol = np.stack([self._normalise(v, brain) for v in vol])
-        vol, geometry = resample(vol, self.image_size, self.keep_aspect, pad_value=-1.0, mode="trilinear")
+        vol, geometry = self._to_grid(vol, -1.0, "trilinear")
         affine = img.affine @ crop_resize_matrix([lo for lo, _ in box], *geometry)
         meta: dict[str, Any] = {
             "id": case.id,
@@ -282,9 +292,7 @@ class MsdBrainDataset(CachedDataset):
         if labels is not None:
             meta["tumour_ml"] = tumour_ml
             if self.with_mask:
-                mask, _ = resample(
-                    labels[None][(slice(None), *crop)], self.image_size, self.keep_aspect, 0.0, "nearest"
-                )
+                mask, _ = self._to_grid(labels[None][(slice(None), *crop)], 0.0, "nearest")
                 mask = mask.astype(np.uint8)
         label = None
         if self.class_by == "tumour_size":
@@ -294,6 +302,14 @@ class MsdBrainDataset(CachedDataset):
                 )
             label = int(np.searchsorted(self.bins, tumour_ml, side="right"))
         return [Record(image=vol, mask=mask, label=label, meta=meta)]
+
+    def _to_grid(
+        self, vol: np.ndarray, pad_value: float, mode: str
+    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """The crop on the output grid: resampled (:func:`resample`) or, with ``resize=False``, padded."""
+        if self.resize:
+            return resample(vol, self.image_size, self.keep_aspect, pad_value, mode)
+        return pad_centred(vol, self.image_size, pad_value)
 
     def _read_labels(self, path: Path | None, shape: tuple[int, ...]) -> np.ndarray:
         if path is None:
@@ -354,6 +370,33 @@ def resample(
         widths += [int(p), int(t - r - p)]
     x = F.pad(x, widths, value=pad_value)
     return x[0].numpy(), (shape / resized, pad)
+
+
+def fit_box(box: Sequence[tuple[int, int]], target: Sequence[int]) -> list[tuple[int, int]]:
+    """Shorten every ``[lo, hi)`` of ``box`` longer than ``target`` to ``target``, around its centre."""
+    out = []
+    for (lo, hi), t in zip(box, target):
+        if hi - lo > t:
+            lo += (hi - lo - t) // 2
+            hi = lo + t
+        out.append((lo, hi))
+    return out
+
+
+def pad_centred(
+    vol: np.ndarray, target: Sequence[int], pad_value: float
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Pad ``vol`` ``[C, *spatial]`` (no side longer than ``target``) to ``target`` around its centre.
+
+    Returns:
+        ``(out [C, *target] float32, (ratio, pad))`` as :func:`resample` returns them (ratio 1: native).
+    """
+    shape = np.array(vol.shape[1:])
+    target = np.array(target)
+    pad = (target - shape) // 2
+    out = np.full((vol.shape[0], *target), pad_value, dtype=np.float32)
+    out[(slice(None), *(slice(p, p + n) for p, n in zip(pad, shape)))] = vol
+    return out, (np.ones(len(shape)), pad)
 
 
 def crop_resize_matrix(start: Sequence[int], ratio: np.ndarray, pad: np.ndarray) -> np.ndarray:

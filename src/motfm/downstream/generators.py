@@ -82,6 +82,7 @@ def untrained_generator(exp: Experiment, name: str, device: torch.device | str =
         config=OmegaConf.to_container(cfg, resolve=True),
         path=Path(f"untrained:{name}"),
         global_step=0,
+        representation=module.representation.to(device),
     )
 
 

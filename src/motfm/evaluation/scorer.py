@@ -26,6 +26,7 @@ from motfm.metrics.report import (
     phantom_segmenter,
     reference_features,
 )
+from motfm.metrics.spectrum import spectrum_scores
 from motfm.metrics.ssim import intra_set_ms_ssim, paired_ssim
 
 
@@ -154,6 +155,7 @@ class Scorer:
             row["is"], row["is_std"] = inception_score(probs, min(cfg.inception_score_splits, fake.shape[0]))
         g = torch.Generator().manual_seed(cfg.seed)
         row["ms_ssim"] = intra_set_ms_ssim(fake, cfg.ms_ssim_pairs, generator=g)
+        row.update(spectrum_scores(ref.images, fake))
         paired = generated.indices % n_ref
         if generated.masks is not None:
             if ref.masks is not None and torch.equal(generated.masks, ref.masks[paired]):
@@ -198,6 +200,8 @@ def table_columns(rows: list[dict[str, Any]]) -> list[str]:
         "density",
         "coverage",
         "ms_ssim",
+        "psd_hf_log_error",
+        "psd_hf_ratio",
         "ssim_paired",
     ]
     per_label = sorted({k for r in rows for k in r if k.startswith("dice/")})

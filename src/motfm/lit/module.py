@@ -8,6 +8,10 @@ resume), non-finite step handling, validation losses and sampling.
 No host-device synchronisation happens per step on a GPU: the non-finite check is one fused device-side
 test whose result a fused optimiser reads directly (``found_inf``, as ``torch.amp.GradScaler`` uses it),
 and the counters are read every ``nonfinite_check_every`` steps.
+
+The flow runs in the module's :class:`~motfm.representation.Representation` (pixels by default, or wavelet
+coefficients): training batches are encoded before the objective sees them, samples are decoded after the
+sampler, so objectives, samplers and the network never know which.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from motfm.lit.ema import EMA
 from motfm.nn.velocity import VelocityNet
 from motfm.objectives.base import Objective, SampleNoise, SamplerOptions, conditions
 from motfm.objectives.flow_matching import FlowMatching
+from motfm.representation import PixelRepresentation, Representation
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +96,8 @@ class GenerativeModule(L.LightningModule):
 
     Args:
         net: the network.
-        spec: the data description (stored in checkpoints so that sampling can rebuild the model).
+        spec: the data description (stored in checkpoints so that sampling can rebuild the model); the
+            network is built on ``representation.coeff_spec(spec)``.
         optimizer: ``params -> Optimizer`` (a Hydra ``_partial_``).
         objective: the method (default: flow matching with independent coupling).
         warmup_steps: learning-rate warm-up steps.
@@ -107,6 +113,7 @@ class GenerativeModule(L.LightningModule):
         compile: ``torch.compile`` the network for training (``True``: the default inductor backend; a string:
             that backend); the state dict keeps its plain names, so checkpoints load into eager networks.
         config: the resolved run configuration (stored in checkpoints).
+        representation: where the flow runs (default: pixels); stored in checkpoints with its statistics.
     """
 
     def __init__(
@@ -124,6 +131,7 @@ class GenerativeModule(L.LightningModule):
         seed: int = 0,
         compile: bool | str = False,
         config: dict[str, Any] | None = None,
+        representation: Representation | None = None,
     ) -> None:
         super().__init__()
         if max_nonfinite_steps < 1 or nonfinite_check_every < 1:
@@ -131,6 +139,7 @@ class GenerativeModule(L.LightningModule):
         self.net = net
         self.ema = EMA(net, ema_decay)
         self.spec = spec
+        self.representation = representation if representation is not None else PixelRepresentation(spec)
         self.objective = objective or FlowMatching()
         self.optimizer_factory = optimizer
         self.warmup_steps = warmup_steps
@@ -151,7 +160,10 @@ class GenerativeModule(L.LightningModule):
     def from_config(cls, cfg: DictConfig, spec: DataSpec) -> GenerativeModule:
         """Build the objective, the network and the module described by a composed training config."""
         objective: Objective = instantiate(cfg.method)
-        net = instantiate(cfg.model, _partial_=True)(spec=spec, **objective.net_kwargs())
+        representation = build_representation(cfg, spec)
+        net = instantiate(cfg.model, _partial_=True)(
+            spec=representation.coeff_spec(spec), **objective.net_kwargs(), **representation.net_kwargs()
+        )
         if cfg.get("init_ckpt"):
             load_weights(net, cfg.init_ckpt)
         return cls(
@@ -167,6 +179,7 @@ class GenerativeModule(L.LightningModule):
             seed=cfg.seed,
             compile=cfg.get("compile", False),
             config=OmegaConf.to_container(cfg, resolve=True),
+            representation=representation,
         )
 
     def configure_model(self) -> None:
@@ -188,6 +201,7 @@ class GenerativeModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """One step of the objective; a non-finite loss or gradient skips the update (see below)."""
+        batch = self.representation.encode_batch(batch)
         loss, logs = self.objective.loss(self.net, batch, self.step_generator(batch["image"].device))
         self._loss_finite = torch.isfinite(loss.detach())
         n = batch["image"].shape[0]
@@ -295,6 +309,7 @@ class GenerativeModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Loss of the raw and the averaged network on a fixed draw of noise and times."""
         n = batch["image"].shape[0]
+        batch = self.representation.encode_batch(batch)
         for name, net in (("val/loss", self.net), ("val/loss_ema", self.ema.module)):
             g = torch.Generator(device=batch["image"].device).manual_seed(1000 + batch_idx)
             loss, _ = self.objective.loss(net, batch, g, train=False)
@@ -328,14 +343,15 @@ class GenerativeModule(L.LightningModule):
             options: sampler options.
 
         Returns:
-            The :class:`SampleResult` (images ``[B, C, *spatial]`` clamped to [-1, 1]).
+            The :class:`SampleResult` (images ``[B, C, *spatial]`` clamped to [-1, 1], decoded from the
+            representation the flow runs in).
         """
         net = self.ema.module if use_ema else self.net
         indices = torch.as_tensor(indices).tolist()
-        noise = SampleNoise((self.spec.channels, *self.spec.image_size), indices, seed, self.device)
+        noise = SampleNoise(self.representation.coeff_shape, indices, seed, self.device)
         sampler = sampler or self.objective.default_samplers[0]
         result = self.objective.sample(net, noise, sampler, steps, cond, mask, guidance_scale, options)
-        result.x = result.x.clamp(-1, 1)
+        result.x = self.representation.decode(result.x).clamp(-1, 1)
         return result
 
     # ----------------------------------------------------------------------------- optimisation
@@ -358,5 +374,14 @@ class GenerativeModule(L.LightningModule):
             "config": self.config,
             "data_spec": self.spec.to_dict(),
             "method": self.objective.name,
+            "representation": self.representation.to_dict(),
             "format": 2,
         }
+
+
+def build_representation(cfg: DictConfig, spec: DataSpec) -> Representation:
+    """The representation of a composed training config (``representation=pixel|haar``; pixels if absent),
+    its band scales not yet estimated (:meth:`Representation.fit`)."""
+    if cfg.get("representation") is None:
+        return PixelRepresentation(spec)
+    return instantiate(cfg.representation, _partial_=True)(spec=spec)

@@ -6,6 +6,11 @@ the noisy image plus an embedding of the mask; every activation it produces pass
 zero-initialised 1x1 convolution and is added to the corresponding skip (and middle activation) of
 the UNet. At initialisation all residuals are zero, so the conditioned model equals the base model.
 The copy receives the same cross-attention context as the UNet.
+
+When the flow runs on wavelet coefficients at ``1 / f`` the image side (``mask_downsample=f``, see
+:mod:`motfm.representation`), the one-hot mask is rearranged losslessly to that resolution
+(space-to-depth: the ``f^d`` one-hot vectors of each block become channels), so a one-voxel-thin structure
+reaches the ControlNet intact and at the position of the coefficients that describe it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from torch import Tensor, nn
 
 from motfm.nn.blocks import conv_nd, zero_module
 from motfm.nn.unet import UNet, UNetConfig, UNetEncoder
+from motfm.representation.haar import space_to_depth
 
 
 def check_mask(mask: Tensor, num_labels: int, spatial_dims: int) -> None:
@@ -127,6 +133,8 @@ class ControlNet(nn.Module):
         mask_embed_channels: hidden widths of the mask embedding.
         mask_input: how the label map enters the embedding (see :func:`mask_channels`): ``one_hot`` or
             ``scaled`` (imported MOTFM models).
+        mask_downsample: the image side over the network's input side (``2^L`` on ``L``-level wavelet
+            coefficients, 1 on pixels); the mask's channels enter as ``channels * f^d`` (space to depth).
     """
 
     def __init__(
@@ -135,6 +143,7 @@ class ControlNet(nn.Module):
         num_mask_labels: int,
         mask_embed_channels: Sequence[int] = (16, 32),
         mask_input: str = "one_hot",
+        mask_downsample: int = 1,
     ) -> None:
         super().__init__()
         if num_mask_labels < 2:
@@ -143,11 +152,16 @@ class ControlNet(nn.Module):
             )
         if mask_input not in MASK_INPUTS:
             raise ValueError(f"mask_input must be one of {MASK_INPUTS}, got {mask_input!r}")
+        if mask_downsample < 1:
+            raise ValueError(f"mask_downsample must be >= 1, got {mask_downsample}")
         self.cfg = cfg
         self.num_mask_labels = num_mask_labels
         self.mask_input = mask_input
+        self.mask_downsample = mask_downsample
         in_ch = num_mask_labels if mask_input == "one_hot" else 1
-        self.mask_embed = MaskEmbedding(cfg.spatial_dims, in_ch, mask_embed_channels, cfg.channels[0])
+        self.mask_embed = MaskEmbedding(
+            cfg.spatial_dims, in_ch * mask_downsample**cfg.spatial_dims, mask_embed_channels, cfg.channels[0]
+        )
         self.encoder = UNetEncoder(cfg)
         self.zero_convs = nn.ModuleList(
             zero_module(conv_nd(cfg.spatial_dims, c, c, kernel_size=1)) for c in self.encoder.skip_channels
@@ -161,9 +175,10 @@ class ControlNet(nn.Module):
         num_mask_labels: int,
         mask_embed_channels: Sequence[int] = (16, 32),
         mask_input: str = "one_hot",
+        mask_downsample: int = 1,
     ) -> ControlNet:
         """Build a ControlNet whose encoder starts as an exact copy of ``unet``'s encoder."""
-        net = cls(unet.cfg, num_mask_labels, mask_embed_channels, mask_input)
+        net = cls(unet.cfg, num_mask_labels, mask_embed_channels, mask_input, mask_downsample)
         net.encoder.load_state_dict(unet.encoder.state_dict())
         return net
 
@@ -181,7 +196,7 @@ class ControlNet(nn.Module):
         Args:
             x: noisy image ``[B, C, *spatial]``.
             t: time ``[B]``.
-            mask: int64 label map ``[B, 1, *spatial]``.
+            mask: int64 label map ``[B, 1, *spatial * mask_downsample]`` (the image resolution).
             context: the same cross-attention context the UNet receives.
             scale: ``conditioning_scale`` multiplying every residual.
             r: the second time ``[B]`` of an average-velocity model (see :class:`UNetEncoder`).
@@ -190,11 +205,13 @@ class ControlNet(nn.Module):
             ``(down_residuals, mid_residual)`` matching the UNet's skips and middle activation.
         """
         m = mask_channels(mask, self.num_mask_labels, self.cfg.spatial_dims, x.dtype, self.mask_input)
-        if m.shape[2:] != x.shape[2:]:
+        f = self.mask_downsample
+        if tuple(m.shape[2:]) != tuple(s * f for s in x.shape[2:]):
             raise ValueError(
                 f"mask spatial size {tuple(m.shape[2:])} differs from image {tuple(x.shape[2:])}"
+                + (f" x {f} (the input is wavelet coefficients)" if f > 1 else "")
             )
-        m = m.contiguous(memory_format=_memory_format(x))
+        m = space_to_depth(m, f).contiguous(memory_format=_memory_format(x))
         h, skips, _ = self.encoder(x, t, context, hint=self.mask_embed(m), r=r)
         down = [conv(s) * scale for conv, s in zip(self.zero_convs, skips)]
         return down, self.mid_zero_conv(h) * scale

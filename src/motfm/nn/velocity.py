@@ -156,7 +156,8 @@ class VelocityNet(nn.Module):
                 ``interval_embedding``, see :mod:`motfm.objectives.meanflow`); ``None`` means ``r = t``.
             cond: class labels int64 ``[B]`` (value ``num_classes`` = no condition), or a context
                 ``[B, L, D]``; ``None`` means unconditional (the null token for class models).
-            mask: int64 label map ``[B, 1, *spatial]``, required by mask-conditional models.
+            mask: int64 label map ``[B, 1, *spatial]`` at the image resolution (``mask_downsample`` times
+                ``x``'s side on wavelet coefficients), required by mask-conditional models.
 
         Returns:
             The velocity, same shape as ``x``.
@@ -207,6 +208,7 @@ def build_velocity_net(
     max_timestep: int | None = None,
     class_context: str = "learned",
     mask_input: str = "one_hot",
+    mask_downsample: int = 1,
 ) -> VelocityNet:
     """Build a :class:`VelocityNet` sized by the data (channels, classes, mask labels).
 
@@ -231,6 +233,8 @@ def build_velocity_net(
         class_context: ``learned`` (:class:`ClassEmbedding`) or ``one_hot`` (:class:`OneHotContext`, needs
             ``class_dim = num_classes`` and ``class_tokens = 1``; imported MOTFM models).
         mask_input: ``one_hot`` or ``scaled`` (see :func:`motfm.nn.controlnet.mask_channels`).
+        mask_downsample: the image side over ``spec``'s (set by a wavelet representation, whose ``spec`` is
+            the coefficients'): masks stay label maps at the image resolution (see :class:`ControlNet`).
 
     Returns:
         The network.
@@ -297,7 +301,9 @@ def build_velocity_net(
             class_embedding.requires_grad_(False)
     controlnet = None
     if "mask" in conditioning:
-        controlnet = ControlNet.from_unet(unet, spec.num_mask_labels, mask_embed_channels, mask_input)
+        controlnet = ControlNet.from_unet(
+            unet, spec.num_mask_labels, mask_embed_channels, mask_input, mask_downsample
+        )
     net = VelocityNet(unet, class_embedding, controlnet, conditioning_scale, channels_last)
     net.set_activation_checkpointing(activation_checkpointing)
     return net
