@@ -22,7 +22,9 @@ ALLOWED = {
     "motfm.checkpoint": ("motfm.data_spec",),
     "motfm.flow": ("motfm.flow",),
     "motfm.diffusion": ("motfm.diffusion",),
-    "motfm.nn": ("motfm.nn", "motfm.checkpoint", "motfm.data_spec"),
+    # the fixed transforms the flow may run on (pure tensor arithmetic): below the networks
+    "motfm.representation": ("motfm.representation", "motfm.data_spec"),
+    "motfm.nn": ("motfm.nn", "motfm.checkpoint", "motfm.data_spec", "motfm.representation"),
     "motfm.objectives": ("motfm.objectives", "motfm.flow", "motfm.diffusion", "motfm.nn"),
 }
 # The mathematics is plain PyTorch, importable without Lightning or Hydra (io reads YAML with omegaconf).

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from motfm.data.base import DataSpec
+from motfm.data_spec import DataSpec
 from motfm.representation.base import PixelRepresentation, Representation
 from motfm.representation.wavelet import HaarRepresentation
 

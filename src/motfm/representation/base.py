@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from motfm.data.base import DataSpec
+from motfm.data_spec import DataSpec
 
 
 class Representation(nn.Module):

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from motfm.data.base import DataSpec
+from motfm.data_spec import DataSpec
 from motfm.representation.base import Representation
 from motfm.representation.haar import check_divisible, haar_forward, haar_inverse
 
