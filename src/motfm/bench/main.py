@@ -174,6 +174,8 @@ def run(cfg: DictConfig) -> Path:
     """
     device = pick_device(cfg.device)
     torch.manual_seed(0)
+    for case in cfg.cases:  # a bad case fails now, in one line, not after minutes of peak probes
+        case_config(case, cfg.out_dir)
     info = machine_info(device)
     reference = bool(cfg.reference)
     if reference:
