@@ -100,7 +100,30 @@ def check_class_labels(labels: Tensor, num_classes: int) -> None:
         )
 
 
-class OneHotContext(nn.Module):
+class LabelContext(nn.Module):
+    """What every class-label context shares: ``num_classes`` real classes, the null label ``num_classes``
+    (the unconditional branch of classifier-free guidance), label checks at the data boundary."""
+
+    num_classes: int
+
+    @property
+    def null_index(self) -> int:
+        """The label value that selects the null (unconditional) token."""
+        return self.num_classes
+
+    def check_labels(self, labels: Tensor) -> None:
+        """See :func:`check_class_labels`."""
+        check_class_labels(labels, self.num_classes)
+
+    @staticmethod
+    def as_indices(labels: Tensor) -> Tensor:
+        """Integer labels ``[B]`` as int64 (a float tensor is refused: it is a caller's bug)."""
+        if labels.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"class labels must be an integer tensor, got {labels.dtype}")
+        return labels.long()
+
+
+class OneHotContext(LabelContext):
     """Class labels as a one-hot context token ``[B, 1, num_classes]`` (no parameters).
 
     How the original MOTFM code conditions on a class: the one-hot vector itself is the single token of the
@@ -120,24 +143,13 @@ class OneHotContext(nn.Module):
             raise ValueError(f"a one-hot class context needs num_classes >= 1, got {num_classes}")
         self.num_classes = self.dim = num_classes
 
-    @property
-    def null_index(self) -> int:
-        """The label value that selects the (zero) null token."""
-        return self.num_classes
-
-    def check_labels(self, labels: Tensor) -> None:
-        """See :func:`check_class_labels`."""
-        check_class_labels(labels, self.num_classes)
-
     def forward(self, labels: Tensor) -> Tensor:
         """Map int64 labels ``[B]`` to one-hot float32 ``[B, 1, num_classes]`` (the null label: zeros)."""
-        if labels.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"class labels must be an integer tensor, got {labels.dtype}")
-        onehot = F.one_hot(labels.long(), self.num_classes + 1)[:, : self.num_classes]
+        onehot = F.one_hot(self.as_indices(labels), self.num_classes + 1)[:, : self.num_classes]
         return onehot.float()[:, None]
 
 
-class ClassEmbedding(nn.Module):
+class ClassEmbedding(LabelContext):
     """Class labels as a learned token sequence, the context of cross-attention.
 
     Index ``num_classes`` is the learned *null* token used for classifier-free guidance
@@ -157,17 +169,6 @@ class ClassEmbedding(nn.Module):
         self.table = nn.Embedding(num_classes + 1, num_tokens * dim)
         nn.init.normal_(self.table.weight, std=0.02)
 
-    @property
-    def null_index(self) -> int:
-        """The label value that selects the null (unconditional) token."""
-        return self.num_classes
-
-    def check_labels(self, labels: Tensor) -> None:
-        """See :func:`check_class_labels`."""
-        check_class_labels(labels, self.num_classes)
-
     def forward(self, labels: Tensor) -> Tensor:
         """Map int64 labels ``[B]`` (``num_classes`` = null; see :meth:`check_labels`) to ``[B, L, D]``."""
-        if labels.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"class labels must be an integer tensor, got {labels.dtype}")
-        return self.table(labels.long()).view(-1, self.num_tokens, self.dim)
+        return self.table(self.as_indices(labels)).view(-1, self.num_tokens, self.dim)
