@@ -50,7 +50,7 @@ class GroupNorm(nn.GroupNorm):
     def forward(self, x: Tensor) -> Tensor:
         """``[B, C, *spatial] -> [B, C, *spatial]``."""
         if forward_ad_active():
-            fmt = _memory_format(x)
+            fmt = memory_format_of(x)
             with torch.autocast(x.device.type, enabled=False):
                 out = F.group_norm(x.contiguous().float(), self.num_groups, self.weight, self.bias, self.eps)
             return out.contiguous(memory_format=fmt)
@@ -58,17 +58,18 @@ class GroupNorm(nn.GroupNorm):
             x.dtype == torch.bfloat16
             and x.device.type == "cpu"
             and x[0, 0].numel() <= self.SMALL_MAP
-            and _memory_format(x) is not torch.contiguous_format
+            and memory_format_of(x) is not torch.contiguous_format
         ):
             return F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps).to(x.dtype)
         return super().forward(x)
 
 
-def _memory_format(x: Tensor) -> torch.memory_format:
-    """The memory format ``x`` is laid out in (channels-last 2D / 3D, else contiguous)."""
-    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+def memory_format_of(x: Tensor) -> torch.memory_format:
+    """The memory format ``x`` is laid out in: channels-last (2D / 3D) where its strides allow it (a map
+    with one channel or one position is both), else contiguous."""
+    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
-    if x.ndim == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+    if x.ndim == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
         return torch.channels_last_3d
     return torch.contiguous_format
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from motfm.nn.blocks import conv_nd, zero_module
+from motfm.nn.blocks import conv_nd, memory_format_of, zero_module
 from motfm.nn.unet import UNet, UNetConfig, UNetEncoder
 from motfm.representation.haar import space_to_depth
 
@@ -211,15 +211,7 @@ class ControlNet(nn.Module):
                 f"mask spatial size {tuple(m.shape[2:])} differs from image {tuple(x.shape[2:])}"
                 + (f" x {f} (the input is wavelet coefficients)" if f > 1 else "")
             )
-        m = space_to_depth(m, f).contiguous(memory_format=_memory_format(x))
+        m = space_to_depth(m, f).contiguous(memory_format=memory_format_of(x))
         h, skips, _ = self.encoder(x, t, context, hint=self.mask_embed(m), r=r)
         down = [conv(s) * scale for conv, s in zip(self.zero_convs, skips)]
         return down, self.mid_zero_conv(h) * scale
-
-
-def _memory_format(x: Tensor) -> torch.memory_format:
-    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    if x.ndim == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
-        return torch.channels_last_3d
-    return torch.contiguous_format

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from motfm.checkpoint import read_checkpoint, weights_under
 from motfm.data_spec import DataSpec
 from motfm.nn.controlnet import ControlNet, check_mask
-from motfm.nn.embeddings import ClassEmbedding, OneHotContext
+from motfm.nn.embeddings import ClassEmbedding, LabelContext, OneHotContext
 from motfm.nn.unet import UNet, UNetConfig
 
 CONDITIONINGS = ("class", "mask")
@@ -54,7 +54,7 @@ class VelocityNet(nn.Module):
     def __init__(
         self,
         unet: UNet,
-        class_embedding: ClassEmbedding | OneHotContext | None = None,
+        class_embedding: LabelContext | None = None,
         controlnet: ControlNet | None = None,
         conditioning_scale: float = 1.0,
         channels_last: bool = True,
@@ -286,7 +286,7 @@ def build_velocity_net(
             f"(the UNet halves it {len(cfg.channels) - 1} times)"
         )
     unet = UNet(cfg)
-    class_embedding: ClassEmbedding | OneHotContext | None = None
+    class_embedding: LabelContext | None = None
     if has_class and class_context == "one_hot":
         class_embedding = OneHotContext(spec.num_classes)
     elif has_class:
