@@ -37,6 +37,7 @@ from motfm.bench.reference import build_reference, reference_missing
 from motfm.bench.report import output_stem, to_markdown
 from motfm.bench.timing import count_flops, machine_info, peak_flops, timed_alternating
 from motfm.cli import readable_errors
+from motfm.data_spec import DataSpec
 from motfm.io.atomic import atomic_open, write_json
 from motfm.runtime import cpu_has_native_bf16, pick_device, resolve_precision
 from motfm.validate import ConfigError
@@ -56,12 +57,21 @@ def native_bf16(device: torch.device) -> bool:
 def case_config(case: DictConfig, out_dir: str, *extra: str) -> DictConfig:
     """The training config of a case, composed as ``python -m motfm.train`` would (nothing is written to
     ``out_dir``: it only stands for the run folder that a training run would have)."""
+    # A phantom case sets the size and makes few samples; a case without ``size`` keeps the data config's
+    # own (files-backed data such as ``msd_brain_full``, measured from a ``spec`` without reading them).
+    sized = (
+        []
+        if case.get("size") is None
+        else [
+            f"data.dataset.size={case.size}",
+            "data.dataset.num_samples={train:2,val:1,test:1}",
+        ]
+    )
     overrides = [
         f"paths.output_dir={out_dir}",
         f"model={case.model}",
         f"data={case.data}",
-        f"data.dataset.size={case.size}",
-        "data.dataset.num_samples={train:2,val:1,test:1}",
+        *sized,
         "logger=none",
         *case.get("overrides", []),
         *extra,
@@ -73,15 +83,22 @@ def case_config(case: DictConfig, out_dir: str, *extra: str) -> DictConfig:
         raise ConfigError(f"bench case {case.get('name', case.model)!r}: {first}") from err
 
 
-def memory_job(side: str, train_cfg: DictConfig, spec: Any, batch_size: int, device: torch.device) -> dict:
-    """A job for :func:`motfm.bench.memory.run_job`: two fp32 training steps of one candidate."""
+def memory_job(
+    side: str,
+    train_cfg: DictConfig,
+    spec: Any,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "fp32",
+) -> dict:
+    """A job for :func:`motfm.bench.memory.run_job`: two training steps of one candidate."""
     return {
         "side": side,
         "config": OmegaConf.to_container(train_cfg, resolve=True),
         "spec": spec.to_dict(),
         "batch_size": batch_size,
         "device": str(device),
-        "precision": "fp32",
+        "precision": precision,
         "steps": 2,
     }
 
@@ -94,6 +111,8 @@ def bench_case(
     spec = instantiate(train_cfg.data).spec
     batch = random_batch(spec, case.batch_size, device)
     cands: list[Candidate] = [build_ours(train_cfg, spec, batch, device, precision)]
+    on_voxels = train_cfg.representation._target_.endswith("PixelRepresentation")
+    reference = reference and on_voxels  # the reference runs on voxels only: a Haar case is timed alone
     if reference:
         model = OmegaConf.to_container(train_cfg.model, resolve=True)
         cands.append(build_reference(model, spec, batch, device, precision))
@@ -146,23 +165,64 @@ def bench_case(
 
 
 def memory_table(cfg: DictConfig, device: torch.device, reference: bool) -> list[dict[str, Any]]:
-    """Peak training memory (fp32, one fresh process each) of 3D models by volume size and checkpointing."""
-    table = cfg.get("memory3d")
+    """Peak training memory (one fresh process each) of 3D models by volume, precision and checkpointing.
+
+    ``memory3d``: one table or a list of tables, each with ``models``, ``data``, ``sizes`` (phantom sides;
+    ``[null]`` keeps the data config's size), ``batch_size``, optional ``overrides`` (e.g.
+    ``[representation=haar]``), ``precisions`` (default ``[fp32]``; ``bf16`` only where native) and ``spec``
+    (a :class:`DataSpec` dict without ``spatial_dims``, for data read from files, e.g. ``msd_brain_full``,
+    so that no dataset is needed to measure it).
+    """
+    tables = cfg.get("memory3d") or []
     rows: list[dict[str, Any]] = []
-    if not table:
-        return rows
+    for table in [tables] if isinstance(tables, DictConfig) else tables:
+        rows += _memory_rows(cfg, table, device, reference)
+    return rows
+
+
+def _memory_rows(
+    cfg: DictConfig, table: DictConfig, device: torch.device, reference: bool
+) -> list[dict[str, Any]]:
+    """The rows of one ``memory3d`` table (see :func:`memory_table`)."""
+    rows: list[dict[str, Any]] = []
+    precisions = [p for p in table.get("precisions", ["fp32"]) if p == "fp32" or native_bf16(device)]
     for model in table.models:
         for size in table.sizes:
-            case = OmegaConf.create({"model": model, "data": table.data, "size": size, "overrides": []})
-            variants = [("motfm", False), ("motfm", True)] + ([("reference", False)] if reference else [])
-            for side, ckpt in variants:
-                checkpointing = f"model.activation_checkpointing={str(ckpt).lower()}"
-                train_cfg = case_config(case, cfg.out_dir, checkpointing)
-                spec = instantiate(train_cfg.data).spec
-                log.info("memory: %s %s^3 %s checkpointing=%s", model, size, side, ckpt)
-                job = memory_job(side, train_cfg, spec, table.batch_size, device)
-                result = measure_memory(job, cfg.memory_timeout_s)
-                rows.append({"model": model, "size": size, "side": side, "checkpointing": ckpt, **result})
+            overrides = list(table.get("overrides", []))
+            case = OmegaConf.create(
+                {"model": model, "data": table.data, "size": size, "overrides": overrides}
+            )
+            for precision in precisions:
+                variants = [("motfm", False), ("motfm", True)]
+                variants += [("reference", False)] if reference and not overrides else []
+                for side, ckpt in variants:
+                    checkpointing = f"model.activation_checkpointing={str(ckpt).lower()}"
+                    train_cfg = case_config(case, cfg.out_dir, checkpointing)
+                    given = table.get("spec")
+                    spec = (
+                        DataSpec(spatial_dims=3, **OmegaConf.to_container(given))
+                        if given
+                        else instantiate(train_cfg.data).spec
+                    )
+                    volume = "×".join(str(s) for s in spec.image_size)
+                    label = f"{spec.channels}×{volume}" if spec.channels > 1 else volume
+                    rep = train_cfg.representation
+                    if not rep._target_.endswith("PixelRepresentation"):
+                        label += f", Haar {rep.levels} level{'s' if rep.levels > 1 else ''}"
+                    log.info("memory: %s %s %s %s checkpointing=%s", model, label, precision, side, ckpt)
+                    job = memory_job(side, train_cfg, spec, table.batch_size, device, precision)
+                    result = measure_memory(job, cfg.memory_timeout_s)
+                    rows.append(
+                        {
+                            "model": model,
+                            "size": size,
+                            "volume": label,
+                            "precision": precision,
+                            "side": side,
+                            "checkpointing": ckpt,
+                            **result,
+                        }
+                    )
     return rows
 
 

@@ -138,29 +138,38 @@ def auto_check(info: dict[str, Any], results: list[dict[str, Any]]) -> list[str]
 
 
 def memory_section(rows: list[dict[str, Any]]) -> list[str]:
-    """3D peak training memory by model, size and activation checkpointing (what fits)."""
+    """3D peak training memory by model, volume, precision and activation checkpointing (what fits)."""
     if not rows:
         return []
     lines = [
         "",
-        "## 3D training memory (batch 1, fp32; peak of a fresh process per cell, CPU: VmHWM incl. the "
+        "## 3D training memory (batch 1; peak of a fresh process per cell, CPU: VmHWM incl. the "
         "interpreter and weights; CUDA: max allocated)",
         "",
-        "| model | volume | motfm MiB | motfm + checkpointing MiB | reference MiB | checkpointing / ref | "
-        "step s: motfm / + checkpointing / ref | checkpointing step / plain step |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | volume | precision | motfm MiB | motfm + checkpointing MiB | reference MiB | "
+        "checkpointing / ref | step s: motfm / + checkpointing / ref | checkpointing step / plain step |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    keyed = {(r["model"], r["size"], r["side"], r["checkpointing"]): r for r in rows}
+
+    def volume(r: dict[str, Any]) -> str:
+        return r.get("volume") or f"{r['size']}³"
+
+    keyed = {
+        (r["model"], volume(r), r.get("precision", "fp32"), r["side"], r["checkpointing"]): r for r in rows
+    }
     errors = []
-    for model, size in dict.fromkeys((r["model"], r["size"]) for r in rows):
-        plain = keyed.get((model, size, "motfm", False), {})
-        ckpt = keyed.get((model, size, "motfm", True), {})
-        ref = keyed.get((model, size, "reference", False), {})
+    for model, vol, precision in dict.fromkeys(
+        (r["model"], volume(r), r.get("precision", "fp32")) for r in rows
+    ):
+        plain = keyed.get((model, vol, precision, "motfm", False), {})
+        ckpt = keyed.get((model, vol, precision, "motfm", True), {})
+        ref = keyed.get((model, vol, precision, "reference", False), {})
         for name, r in (("motfm", plain), ("motfm + checkpointing", ckpt), ("reference", ref)):
             if "error" in r:
-                errors.append(f"- {model} {size}^3 {name}: {r['error']}")
+                errors.append(f"- {model} {vol} {precision} {name}: {r['error']}")
         lines.append(
-            f"| {model} | {size}³ | {_num(plain.get('peak_MiB'))} | {_num(ckpt.get('peak_MiB'))} | "
+            f"| {model} | {vol} | {precision} | {_num(plain.get('peak_MiB'))} | "
+            f"{_num(ckpt.get('peak_MiB'))} | "
             f"{_num(ref.get('peak_MiB'))} | {_ratio(ckpt.get('peak_MiB'), ref.get('peak_MiB'))} | "
             f"{_num(plain.get('step_s'), '.2f')} / {_num(ckpt.get('step_s'), '.2f')} / "
             f"{_num(ref.get('step_s'), '.2f')} | {_ratio(ckpt.get('step_s'), plain.get('step_s'))} |"
