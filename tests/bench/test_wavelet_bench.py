@@ -70,3 +70,22 @@ def test_haar_cases_are_timed_without_the_voxel_reference(tmp_path, monkeypatch)
     case = f"cases=[{case % haar}]"
     data, _ = run_bench(tmp_path, case, "reference=true", "precisions=[fp32]", "nfe=[1]", "profile_top=0")
     assert set(data["results"][0]["candidates"]) == {"motfm"}
+
+
+def test_a_memory_run_cut_short_keeps_the_rows_it_measured(tmp_path, monkeypatch):
+    """Full-resolution rows take minutes each: a time limit (the GPU check's) must not lose finished ones."""
+    calls = []
+
+    def measure(job, timeout):
+        calls.append(job)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # what a time limit's signal does mid-table
+        return {"peak_MiB": 5.0, "model_MiB": 1.0, "step_s": 0.1, "params": 1}
+
+    monkeypatch.setattr(bench_main, "measure_memory", measure)
+    table = "{models: [unet3d], data: brain_phantom, sizes: [16], batch_size: 1}"
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(tmp_path, "cases=[]", "precisions=[fp32]", f"memory3d=[{table}]")
+    (written,) = tmp_path.glob("*.json")
+    rows = json.loads(written.read_text())["memory3d"]
+    assert [(r["volume"], r["checkpointing"], r["peak_MiB"]) for r in rows] == [("16×16×16", False, 5.0)]

@@ -18,7 +18,9 @@ ratios only within one file.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +113,7 @@ def bench_case(
     spec = instantiate(train_cfg.data).spec
     batch = random_batch(spec, case.batch_size, device)
     cands: list[Candidate] = [build_ours(train_cfg, spec, batch, device, precision)]
-    on_voxels = train_cfg.representation._target_.endswith("PixelRepresentation")
-    reference = reference and on_voxels  # the reference runs on voxels only: a Haar case is timed alone
+    reference = reference and on_voxels(train_cfg)  # the reference runs on voxels: a Haar case is timed alone
     if reference:
         model = OmegaConf.to_container(train_cfg.model, resolve=True)
         cands.append(build_reference(model, spec, batch, device, precision))
@@ -164,8 +165,9 @@ def bench_case(
     return out
 
 
-def memory_table(cfg: DictConfig, device: torch.device, reference: bool) -> list[dict[str, Any]]:
-    """Peak training memory (one fresh process each) of 3D models by volume, precision and checkpointing.
+def memory_table(cfg: DictConfig, device: torch.device, reference: bool) -> Iterator[dict[str, Any]]:
+    """Peak training memory (one fresh process each) of 3D models by volume, precision and checkpointing:
+    the rows one by one, as they are measured.
 
     ``memory3d``: one table or a list of tables, each with ``models``, ``data``, ``sizes`` (phantom sides;
     ``[null]`` keeps the data config's size), ``batch_size``, optional ``overrides`` (e.g.
@@ -174,56 +176,45 @@ def memory_table(cfg: DictConfig, device: torch.device, reference: bool) -> list
     so that no dataset is needed to measure it).
     """
     tables = cfg.get("memory3d") or []
-    rows: list[dict[str, Any]] = []
     for table in [tables] if isinstance(tables, DictConfig) else tables:
-        rows += _memory_rows(cfg, table, device, reference)
-    return rows
+        yield from _memory_rows(cfg, table, device, reference)
 
 
 def _memory_rows(
     cfg: DictConfig, table: DictConfig, device: torch.device, reference: bool
-) -> list[dict[str, Any]]:
+) -> Iterator[dict[str, Any]]:
     """The rows of one ``memory3d`` table (see :func:`memory_table`)."""
-    rows: list[dict[str, Any]] = []
     precisions = [p for p in table.get("precisions", ["fp32"]) if p == "fp32" or native_bf16(device)]
-    for model in table.models:
-        for size in table.sizes:
-            overrides = list(table.get("overrides", []))
-            case = OmegaConf.create(
-                {"model": model, "data": table.data, "size": size, "overrides": overrides}
-            )
-            for precision in precisions:
-                variants = [("motfm", False), ("motfm", True)]
-                variants += [("reference", False)] if reference and not overrides else []
-                for side, ckpt in variants:
-                    checkpointing = f"model.activation_checkpointing={str(ckpt).lower()}"
-                    train_cfg = case_config(case, cfg.out_dir, checkpointing)
-                    given = table.get("spec")
-                    spec = (
-                        DataSpec(spatial_dims=3, **OmegaConf.to_container(given))
-                        if given
-                        else instantiate(train_cfg.data).spec
-                    )
-                    volume = "×".join(str(s) for s in spec.image_size)
-                    label = f"{spec.channels}×{volume}" if spec.channels > 1 else volume
-                    rep = train_cfg.representation
-                    if not rep._target_.endswith("PixelRepresentation"):
-                        label += f", Haar {rep.levels} level{'s' if rep.levels > 1 else ''}"
-                    log.info("memory: %s %s %s %s checkpointing=%s", model, label, precision, side, ckpt)
-                    job = memory_job(side, train_cfg, spec, table.batch_size, device, precision)
-                    result = measure_memory(job, cfg.memory_timeout_s)
-                    rows.append(
-                        {
-                            "model": model,
-                            "size": size,
-                            "volume": label,
-                            "precision": precision,
-                            "side": side,
-                            "checkpointing": ckpt,
-                            **result,
-                        }
-                    )
-    return rows
+    overrides = list(table.get("overrides", []))
+    for model, size, precision in itertools.product(table.models, table.sizes, precisions):
+        case = OmegaConf.create({"model": model, "data": table.data, "size": size, "overrides": overrides})
+        for side, ckpt in [("motfm", False), ("motfm", True), ("reference", False)]:
+            train_cfg = case_config(case, cfg.out_dir, f"model.activation_checkpointing={str(ckpt).lower()}")
+            if side == "reference" and not (reference and on_voxels(train_cfg)):
+                continue
+            given = table.get("spec")
+            spec = DataSpec(3, **OmegaConf.to_container(given)) if given else instantiate(train_cfg.data).spec
+            label = volume_label(spec, train_cfg)
+            log.info("memory: %s %s %s %s checkpointing=%s", model, label, precision, side, ckpt)
+            job = memory_job(side, train_cfg, spec, table.batch_size, device, precision)
+            result = measure_memory(job, cfg.memory_timeout_s)
+            row = {"model": model, "size": size, "volume": label, "precision": precision, "side": side}
+            yield {**row, "checkpointing": ckpt, **result}
+
+
+def on_voxels(train_cfg: DictConfig) -> bool:
+    """Whether a composed training config's flow runs on the pixels (voxels) themselves."""
+    return train_cfg.representation._target_.endswith("PixelRepresentation")
+
+
+def volume_label(spec: DataSpec, train_cfg: DictConfig) -> str:
+    """``[C×]D×H×W`` of the data, with the representation when it is not the voxels (``, Haar 1 level``)."""
+    volume = "×".join(str(s) for s in spec.image_size)
+    label = f"{spec.channels}×{volume}" if spec.channels > 1 else volume
+    if not on_voxels(train_cfg):
+        levels = train_cfg.representation.levels
+        label += f", Haar {levels} level{'s' if levels > 1 else ''}"
+    return label
 
 
 def run(cfg: DictConfig) -> Path:
@@ -283,7 +274,11 @@ def run(cfg: DictConfig) -> Path:
         for p in precisions:
             imported.append(bench_imported(cfg, entry, p, device))
             write(results, [])
-    print(write(results, memory_table(cfg, device, reference)))
+    memory: list[dict[str, Any]] = []
+    for row in memory_table(cfg, device, reference):
+        memory.append(row)
+        write(results, memory)  # a run cut short keeps the rows it measured
+    print(write(results, memory))
     log.info("results: %s.{json,md}", stem)
     return stem
 
