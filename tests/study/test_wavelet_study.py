@@ -1,13 +1,13 @@
-"""The wavelet study (experiments/wavelet/study.yaml): every arm builds, shrunk to a tiny size."""
+"""The wavelet studies (experiments/wavelet/*.yaml): every arm builds, shrunk to a tiny size, and the
+protocols are the ones their README states."""
 
 from pathlib import Path
 
 from motfm.study.run import dry_run
 from motfm.study.spec import load_study
 
-STUDY = Path(__file__).resolve().parents[2] / "experiments" / "wavelet" / "study.yaml"
+FOLDER = Path(__file__).resolve().parents[2] / "experiments" / "wavelet"
 TINY = [
-    "data.dataset.size=16",
     "data.dataset.num_samples={train:2,val:1,test:1}",
     "model.channels=[8,16]",
     "model.attention_levels=[false,true]",
@@ -16,11 +16,32 @@ TINY = [
 ]
 
 
-def test_the_study_compares_pixel_and_haar_at_the_same_widths(tmp_path):
-    study = load_study(STUDY, out_dir=tmp_path)
+def runs(study) -> dict[tuple[str, str], tuple[str, list[int], list[str]]]:
+    return {
+        (m, name): (r.sampler, r.steps, r.overrides)
+        for m, named in study.runs.items()
+        for name, r in named.items()
+    }
+
+
+def test_the_3d_study_compares_pixel_and_haar_at_the_same_widths_and_budget(tmp_path):
+    study = load_study(FOLDER / "study.yaml", out_dir=tmp_path)
     assert list(study.models) == ["pixel", "haar1", "haar2"]
-    assert {run.sampler: run.steps for m in study.runs for run in study.runs[m].values()} == {
-        "euler": [1, 2, 5, 10]
+    assert "callbacks.compute_budget.cpu_seconds=3600" in study.train_common
+    every = ("euler", [1, 2, 5, 10], [])
+    assert runs(study) == {
+        ("pixel", "euler"): every,
+        ("haar1", "euler"): every,
+        ("haar1", "euler_fp32"): ("euler", [1, 10], ["precision=fp32"]),  # the check of bf16 sampling
+        ("haar2", "euler"): every,
     }
     assert "psd_hf_log_error" in study.metrics and "mmd_rbf" in study.metrics
-    assert dry_run(study, TINY) == ["pixel", "haar1", "haar2"]
+    assert dry_run(study, ["data.dataset.size=16", *TINY]) == ["pixel", "haar1", "haar2"]
+
+
+def test_the_2d_studies_build_at_a_tiny_size(tmp_path):
+    echo = load_study(FOLDER / "study_echo_128.yaml", out_dir=tmp_path / "echo")
+    assert "data.dataset.size=128" in echo.train_common and list(echo.models) == ["pixel", "haar1"]
+    assert dry_run(echo, ["data.dataset.size=16", *TINY]) == ["pixel", "haar1"]
+    pilot = load_study(FOLDER / "study_band_scale_2d.yaml", out_dir=tmp_path / "pilot")
+    assert dry_run(pilot, ["data.dataset.size=16", *TINY]) == ["pixel", "haar1_std", "haar1_none"]
