@@ -15,7 +15,8 @@ from hydra.utils import instantiate
 from data.fixtures import MSD_AFFINE, compose_data, write_msd, write_msd_json
 from motfm.data.base import DataError, check_sample
 from motfm.data.datamodule import MotfmDataModule
-from motfm.data.msd import MsdBrainDataset, crop_resize_matrix, resample
+from motfm.data.msd import MsdBrainDataset
+from motfm.data.volume_geometry import crop_resize_matrix, resample
 from motfm.io.nifti import save_nifti
 
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"

@@ -11,7 +11,8 @@ import torch
 from cli_helpers import compose_config
 from data.fixtures import MSD_AFFINE, compose_data, write_msd
 from motfm.data.base import DataSpec, check_sample
-from motfm.data.msd import MsdBrainDataset, fit_box, pad_centred
+from motfm.data.msd import MsdBrainDataset
+from motfm.data.volume_geometry import fit_box, pad_centred
 from motfm.representation import HaarRepresentation
 
 
