@@ -4,7 +4,7 @@ protocols are the ones their README states."""
 from pathlib import Path
 
 from motfm.study.run import dry_run
-from motfm.study.spec import load_study
+from motfm.study.spec import Study, load_study
 
 FOLDER = Path(__file__).resolve().parents[2] / "experiments" / "wavelet"
 TINY = [
@@ -16,7 +16,8 @@ TINY = [
 ]
 
 
-def runs(study) -> dict[tuple[str, str], tuple[str, list[int], list[str]]]:
+def runs(study: Study) -> dict[tuple[str, str], tuple[str, list[int], list[str]]]:
+    """``(model, run name) -> (sampler, steps, overrides)`` of a study's evaluations."""
     return {
         (m, name): (r.sampler, r.steps, r.overrides)
         for m, named in study.runs.items()
@@ -42,6 +43,12 @@ def test_the_3d_study_compares_pixel_and_haar_at_the_same_widths_and_budget(tmp_
 def test_the_2d_studies_build_at_a_tiny_size(tmp_path):
     echo = load_study(FOLDER / "study_echo_128.yaml", out_dir=tmp_path / "echo")
     assert "data.dataset.size=128" in echo.train_common and list(echo.models) == ["pixel", "haar1"]
+    assert "callbacks.compute_budget.cpu_seconds=600" in echo.train_common
+    assert {"num_samples=128", "num_ref=256"} <= set(echo.eval_common)
+    assert runs(echo) == {
+        ("pixel", "euler"): ("euler", [2, 10], []),
+        ("haar1", "euler"): ("euler", [2, 10], []),
+    }
     assert dry_run(echo, ["data.dataset.size=16", *TINY]) == ["pixel", "haar1"]
     pilot = load_study(FOLDER / "study_band_scale_2d.yaml", out_dir=tmp_path / "pilot")
     assert dry_run(pilot, ["data.dataset.size=16", *TINY]) == ["pixel", "haar1_std", "haar1_none"]

@@ -8,10 +8,11 @@ Generative's ``DiffusionModelUNet`` + ``ControlNet`` at the same architecture (:
 one network evaluation, Euler sampling at each NFE, and a training step; counts their FLOPs; profiles one
 evaluation of each (its time by kind of work, and the operators with the most self time:
 :mod:`motfm.bench.profile`); and measures peak training memory in a fresh process per measurement
-(:mod:`motfm.bench.memory`). A 3D memory table (peak training memory by volume size, with and without
-activation checkpointing) tells what fits. With ``reference=true`` the ``imported`` entries time models
-imported from the original MOTFM code against the original at the released sizes
-(:mod:`motfm.bench.imported`). Results: ``<out_dir>/<date>-<device>[-reference].json`` and ``.md``; compare
+(:mod:`motfm.bench.memory`). 3D memory tables (``memory3d``: peak training memory by model, volume,
+representation and precision, with and without activation checkpointing) tell what fits. With
+``reference=true`` the ``imported`` entries time models imported from the original MOTFM code against the
+original at the released sizes (:mod:`motfm.bench.imported`). Results:
+``<out_dir>/<date>-<device>[-reference].json`` and ``.md``; compare
 ratios only within one file.
 """
 
@@ -88,11 +89,11 @@ def case_config(case: DictConfig, out_dir: str, *extra: str) -> DictConfig:
 def memory_job(
     side: str,
     train_cfg: DictConfig,
-    spec: Any,
+    spec: DataSpec,
     batch_size: int,
     device: torch.device,
     precision: str = "fp32",
-) -> dict:
+) -> dict[str, Any]:
     """A job for :func:`motfm.bench.memory.run_job`: two training steps of one candidate."""
     return {
         "side": side,
@@ -165,41 +166,80 @@ def bench_case(
     return out
 
 
-def memory_table(cfg: DictConfig, device: torch.device, reference: bool) -> Iterator[dict[str, Any]]:
+def memory_tables(cfg: DictConfig) -> list[DictConfig]:
+    """The ``memory3d`` tables of a bench config: one table, a list of them, or none (``null``)."""
+    tables = cfg.get("memory3d") or []
+    return [tables] if isinstance(tables, DictConfig) else list(tables)
+
+
+def memory_table_cell(
+    cfg: DictConfig, table: DictConfig, model: str, size: int | None, *extra: str
+) -> DictConfig:
+    """The training config of one cell of a ``memory3d`` table (see :func:`memory_table`)."""
+    case = {"name": f"memory3d {model}", "model": model, "data": table.data, "size": size}
+    return case_config(
+        OmegaConf.create({**case, "overrides": list(table.get("overrides", []))}), cfg.out_dir, *extra
+    )
+
+
+def memory_spec(table: DictConfig, train_cfg: DictConfig) -> DataSpec:
+    """The data description of a table's cell: its stand-in ``spec`` (checked against the data config's
+    ``image_size`` and ``modalities`` where it has them), else the data's own (which reads the data)."""
+    given = table.get("spec")
+    if not given:
+        return instantiate(train_cfg.data).spec
+    spec = DataSpec(3, **OmegaConf.to_container(given))
+    dataset = train_cfg.data.dataset
+    if "image_size" in dataset and tuple(dataset.image_size) != spec.image_size:
+        raise ConfigError(
+            f"memory3d spec image_size {list(spec.image_size)} != data {list(dataset.image_size)}"
+        )
+    if "modalities" in dataset and len(dataset.modalities) != spec.channels:
+        raise ConfigError(
+            f"memory3d spec channels {spec.channels} != {len(dataset.modalities)} data modalities"
+        )
+    return spec
+
+
+def check_memory_tables(cfg: DictConfig, precisions: list[str]) -> None:
+    """Compose the first cell of every table and check its precisions: a bad table fails in one line before
+    the cases are timed, not after."""
+    for table in memory_tables(cfg):
+        unknown = set(table.get("precisions", ["fp32"])) - {"fp32", "bf16"}
+        if unknown:
+            raise ConfigError(f"memory3d precisions must be fp32 or bf16, got {sorted(unknown)}")
+        memory_spec(table, memory_table_cell(cfg, table, table.models[0], table.sizes[0]))
+
+
+def memory_table(
+    cfg: DictConfig, device: torch.device, reference: bool, precisions: list[str]
+) -> Iterator[dict[str, Any]]:
     """Peak training memory (one fresh process each) of 3D models by volume, precision and checkpointing:
     the rows one by one, as they are measured.
 
     ``memory3d``: one table or a list of tables, each with ``models``, ``data``, ``sizes`` (phantom sides;
     ``[null]`` keeps the data config's size), ``batch_size``, optional ``overrides`` (e.g.
-    ``[representation=haar]``), ``precisions`` (default ``[fp32]``; ``bf16`` only where native) and ``spec``
-    (a :class:`DataSpec` dict without ``spatial_dims``, for data read from files, e.g. ``msd_brain_full``,
-    so that no dataset is needed to measure it).
+    ``[representation=haar]``), ``precisions`` (default ``[fp32]``; only those of the run's ``precisions``
+    that run here) and ``spec`` (a :class:`DataSpec` dict without ``spatial_dims``, standing in for data
+    read from files, e.g. ``msd_brain_full``, so that no dataset is needed to measure it). The reference is
+    measured only with ``reference=true`` and on voxels.
     """
-    tables = cfg.get("memory3d") or []
-    for table in [tables] if isinstance(tables, DictConfig) else tables:
-        yield from _memory_rows(cfg, table, device, reference)
-
-
-def _memory_rows(
-    cfg: DictConfig, table: DictConfig, device: torch.device, reference: bool
-) -> Iterator[dict[str, Any]]:
-    """The rows of one ``memory3d`` table (see :func:`memory_table`)."""
-    precisions = [p for p in table.get("precisions", ["fp32"]) if p == "fp32" or native_bf16(device)]
-    overrides = list(table.get("overrides", []))
-    for model, size, precision in itertools.product(table.models, table.sizes, precisions):
-        case = OmegaConf.create({"model": model, "data": table.data, "size": size, "overrides": overrides})
-        for side, ckpt in [("motfm", False), ("motfm", True), ("reference", False)]:
-            train_cfg = case_config(case, cfg.out_dir, f"model.activation_checkpointing={str(ckpt).lower()}")
-            if side == "reference" and not (reference and on_voxels(train_cfg)):
-                continue
-            given = table.get("spec")
-            spec = DataSpec(3, **OmegaConf.to_container(given)) if given else instantiate(train_cfg.data).spec
-            label = volume_label(spec, train_cfg)
-            log.info("memory: %s %s %s %s checkpointing=%s", model, label, precision, side, ckpt)
-            job = memory_job(side, train_cfg, spec, table.batch_size, device, precision)
-            result = measure_memory(job, cfg.memory_timeout_s)
-            row = {"model": model, "size": size, "volume": label, "precision": precision, "side": side}
-            yield {**row, "checkpointing": ckpt, **result}
+    for table in memory_tables(cfg):
+        wanted = [p for p in table.get("precisions", ["fp32"]) if p in precisions]
+        overrides = list(table.get("overrides", []))
+        for model, size, precision in itertools.product(table.models, table.sizes, wanted):
+            for side, ckpt in [("motfm", False), ("motfm", True), ("reference", False)]:
+                checkpointing = f"model.activation_checkpointing={str(ckpt).lower()}"
+                train_cfg = memory_table_cell(cfg, table, model, size, checkpointing)
+                if side == "reference" and not (reference and on_voxels(train_cfg)):
+                    continue
+                spec = memory_spec(table, train_cfg)
+                label = volume_label(spec, train_cfg)
+                log.info("memory: %s %s %s %s checkpointing=%s", model, label, precision, side, ckpt)
+                job = memory_job(side, train_cfg, spec, table.batch_size, device, precision)
+                cell = {"model": model, "size": size, "volume": label, "overrides": overrides}
+                result = measure_memory(job, cfg.memory_timeout_s)
+                yield {**cell, "precision": precision, "side": side, "checkpointing": ckpt, **result}
 
 
 def on_voxels(train_cfg: DictConfig) -> bool:
@@ -253,6 +293,7 @@ def run(cfg: DictConfig) -> Path:
             info["bf16_skipped"] = reason
         else:
             precisions.append(p)
+    check_memory_tables(cfg, precisions)
     stem = output_stem(cfg.out_dir, info, device, reference)
 
     imported: list[dict[str, Any]] = []
@@ -275,10 +316,11 @@ def run(cfg: DictConfig) -> Path:
             imported.append(bench_imported(cfg, entry, p, device))
             write(results, [])
     memory: list[dict[str, Any]] = []
-    for row in memory_table(cfg, device, reference):
+    markdown = write(results, memory)
+    for row in memory_table(cfg, device, reference, precisions):
         memory.append(row)
-        write(results, memory)  # a run cut short keeps the rows it measured
-    print(write(results, memory))
+        markdown = write(results, memory)  # a run cut short keeps the rows it measured
+    print(markdown)
     log.info("results: %s.{json,md}", stem)
     return stem
 

@@ -151,19 +151,18 @@ def memory_section(rows: list[dict[str, Any]]) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|",
     ]
 
-    def volume(r: dict[str, Any]) -> str:
-        return r.get("volume") or f"{r['size']}³"
+    def cell(r: dict[str, Any]) -> tuple[str, str, str, tuple[str, ...]]:
+        """A table row: model, volume, precision and the table's overrides (two tables never share a row)."""
+        volume = r.get("volume") or f"{r['size']}³"
+        return r["model"], volume, r.get("precision", "fp32"), tuple(r.get("overrides", ()))
 
-    keyed = {
-        (r["model"], volume(r), r.get("precision", "fp32"), r["side"], r["checkpointing"]): r for r in rows
-    }
+    keyed = {(*cell(r), r["side"], r["checkpointing"]): r for r in rows}
     errors = []
-    for model, vol, precision in dict.fromkeys(
-        (r["model"], volume(r), r.get("precision", "fp32")) for r in rows
-    ):
-        plain = keyed.get((model, vol, precision, "motfm", False), {})
-        ckpt = keyed.get((model, vol, precision, "motfm", True), {})
-        ref = keyed.get((model, vol, precision, "reference", False), {})
+    for key in dict.fromkeys(cell(r) for r in rows):
+        model, vol, precision, _ = key
+        plain = keyed.get((*key, "motfm", False), {})
+        ckpt = keyed.get((*key, "motfm", True), {})
+        ref = keyed.get((*key, "reference", False), {})
         for name, r in (("motfm", plain), ("motfm + checkpointing", ckpt), ("reference", ref)):
             if "error" in r:
                 errors.append(f"- {model} {vol} {precision} {name}: {r['error']}")
