@@ -105,6 +105,21 @@ def test_compute_budget_stops_training_and_saves_the_last_step(tmp_path):
     assert result["metrics"]["train/cpu_seconds"] >= 0.5
 
 
+def test_a_resumed_run_spends_only_what_is_left_of_its_compute_budget(tmp_path):
+    """The CPU time spent is in the checkpoint: resuming a run that spent its budget takes one more step (the
+    check runs after each step), not a whole new budget. The study's interrupted arms resume this way."""
+    budget = ["trainer.max_epochs=-1", "callbacks.compute_budget.cpu_seconds=0.5"]
+    first = train(compose_config("train", [*TINY_2D, *budget], tmp_path / "a"))
+    spent = read_checkpoint(first["last_ckpt"])
+    (state,) = [v for k, v in spent["callbacks"].items() if k.startswith("ComputeBudget")]
+    assert state["cpu_seconds_used"] >= 0.5
+    resumed = train(
+        compose_config("train", [*TINY_2D, *budget, f"ckpt_path={first['last_ckpt']}"], tmp_path / "b")
+    )
+    assert read_checkpoint(resumed["last_ckpt"])["global_step"] == spent["global_step"] + 1
+    assert resumed["metrics"]["train/cpu_seconds"] > state["cpu_seconds_used"]
+
+
 def test_progress_bar_reads_the_metrics_only_every_log_interval(tmp_path, monkeypatch):
     # reading them copies the loss to the host: on a GPU a synchronisation, so not every step
     reads = []

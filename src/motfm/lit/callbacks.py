@@ -96,7 +96,8 @@ class ComputeBudget(L.Callback):
 
     Equal compute for every arm of a comparison even when the machine is shared: unlike a wall-clock limit
     (``trainer.max_time``) it does not charge a run for time other processes took. With one thread per run it
-    is the run's core-seconds. ``None`` disables it.
+    is the run's core-seconds. ``None`` disables it. The CPU time spent is saved in checkpoints, so a resumed
+    run spends only what is left of its budget.
 
     Args:
         cpu_seconds: the budget.
@@ -104,7 +105,20 @@ class ComputeBudget(L.Callback):
 
     def __init__(self, cpu_seconds: float | None = None) -> None:
         self.cpu_seconds = cpu_seconds
+        self.spent_before = 0.0  # CPU seconds of the runs this one resumes
         self.start = time.process_time()
+
+    def used(self) -> float:
+        """CPU seconds spent on training so far, earlier runs of a resumed training included."""
+        return self.spent_before + time.process_time() - self.start
+
+    def state_dict(self) -> dict[str, float]:
+        """What a checkpoint keeps: the CPU seconds spent so far."""
+        return {"cpu_seconds_used": self.used()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the count of a resumed run (Lightning calls this before ``on_train_start``)."""
+        self.spent_before = float(state_dict.get("cpu_seconds_used", 0.0))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         """The budget counts from here (data and network set-up excluded, as for every arm)."""
@@ -114,7 +128,7 @@ class ComputeBudget(L.Callback):
         self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int
     ) -> None:
         """Ask the trainer to stop when the budget is spent (checked after every step)."""
-        used = time.process_time() - self.start
+        used = self.used()
         if self.cpu_seconds is not None and used >= self.cpu_seconds:
             trainer.should_stop = True
         pl_module.log("train/cpu_seconds", used)
