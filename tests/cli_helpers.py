@@ -40,6 +40,9 @@ TINY_3D = [
     "logger=csv",
     "trainer=cpu",
 ]
+# ``python -m motfm.evaluate`` at the smallest sizes that still compute every metric (a random-weight
+# extractor, 4 samples, few KID subsets and MS-SSIM pairs); the phantom classifier's size is each test's own.
+FAST_EVAL = ["extractor=random_conv", "num_samples=4", "batch_size=4", "kid_subsets=5", "ms_ssim_pairs=5"]
 
 
 def compose_config(name: str, overrides: list[str], out_dir: Path, with_hydra: bool = False) -> DictConfig:

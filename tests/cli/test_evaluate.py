@@ -6,7 +6,7 @@ import sys
 import pytest
 
 import motfm.metrics.report as report_mod
-from cli_helpers import CONF_DIR, TINY_2D, TINY_3D, compose_config
+from cli_helpers import CONF_DIR, FAST_EVAL, TINY_2D, TINY_3D, compose_config
 from motfm.evaluate import evaluate, main
 from motfm.metrics.extractors import ExtractorUnavailable
 from motfm.sample import sample
@@ -43,11 +43,7 @@ def cache_dir(tmp_path_factory):
 
 
 FAST = [
-    "extractor=random_conv",
-    "num_samples=4",
-    "batch_size=4",
-    "kid_subsets=5",
-    "ms_ssim_pairs=5",
+    *FAST_EVAL,
     "inception_score_splits=2",
     "phantom_classifier.num_train=64",
     "phantom_classifier.num_val=16",

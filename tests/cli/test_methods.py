@@ -4,7 +4,7 @@ another method are refused in one line."""
 import pytest
 import torch
 
-from cli_helpers import TINY_2D, TINY_3D, compose_config
+from cli_helpers import FAST_EVAL, TINY_2D, TINY_3D, compose_config
 from motfm.checkpoint import read_checkpoint
 from motfm.evaluate import evaluate
 from motfm.objectives.base import SamplerError
@@ -83,11 +83,7 @@ def test_evaluate_cli_on_each_method_reports_nfe(method_ckpt, tmp_path):
         f"out_dir={tmp_path}",
         f"paths.cache_dir={tmp_path / 'cache'}",
         "steps=[1,2]",
-        "extractor=random_conv",
-        "num_samples=4",
-        "batch_size=4",
-        "kid_subsets=5",
-        "ms_ssim_pairs=5",
+        *FAST_EVAL,
         "phantom_classifier.num_train=64",
         "phantom_classifier.num_val=16",
         "phantom_classifier.epochs=1",

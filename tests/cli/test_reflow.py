@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cli_helpers import TINY_2D, compose_config
+from cli_helpers import FAST_EVAL, TINY_2D, compose_config
 from motfm.data.base import DataError
 from motfm.data.pairs import PairDataset
 from motfm.evaluate import evaluate
@@ -137,11 +137,7 @@ def test_an_unconditional_teachers_student_trains_on_data_that_has_masks(tmp_pat
         f"out_dir={tmp_path / 'eval'}",
         f"paths.cache_dir={tmp_path / 'cache'}",
         "steps=[1]",
-        "extractor=random_conv",
-        "num_samples=4",
-        "batch_size=4",
-        "kid_subsets=5",
-        "ms_ssim_pairs=5",
+        *FAST_EVAL,
         "cmmd=false",
     ]
     (row,) = [

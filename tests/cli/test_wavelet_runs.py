@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 import motfm
-from cli_helpers import CONF_DIR, TINY_2D, TINY_3D, compose_config
+from cli_helpers import CONF_DIR, FAST_EVAL, TINY_2D, TINY_3D, compose_config
 from motfm.checkpoint import read_checkpoint
 from motfm.conditions import Conditions
 from motfm.data.phantom import BrainPhantom, EchoPhantom
@@ -23,11 +23,7 @@ from tiny_ckpt import tiny_checkpoint
 STEPS = ["trainer.max_steps=2", "trainer.max_epochs=-1", "~callbacks.sample_grid", "representation=haar"]
 COND = "model.conditioning=[class,mask]"
 EVAL_FAST = [
-    "extractor=random_conv",
-    "num_samples=4",
-    "batch_size=4",
-    "kid_subsets=5",
-    "ms_ssim_pairs=5",
+    *FAST_EVAL,
     "phantom_classifier.num_train=64",
     "phantom_classifier.num_val=16",
     "phantom_classifier.epochs=1",

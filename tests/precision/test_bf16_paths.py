@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from cli_helpers import TINY_2D, TINY_3D, compose_config, run_cli
+from cli_helpers import FAST_EVAL, TINY_2D, TINY_3D, compose_config, run_cli
 from motfm.audit import audit
 from motfm.checkpoint import read_checkpoint
 from motfm.conditions import Conditions
@@ -184,11 +184,7 @@ def test_evaluate_and_audit_in_bf16(bf16_ckpt, tmp_path):
         f"out_dir={tmp_path}",
         f"paths.cache_dir={tmp_path / 'cache'}",
         "steps=[1]",
-        "extractor=random_conv",
-        "num_samples=4",
-        "batch_size=4",
-        "kid_subsets=5",
-        "ms_ssim_pairs=5",
+        *FAST_EVAL,
         "phantom_classifier.num_train=32",
         "phantom_classifier.num_val=8",
         "phantom_classifier.epochs=1",
