@@ -62,12 +62,15 @@ def test_echo_segmenter_works_at_other_sizes(size: int) -> None:
     assert mean_dice(seg, batch["mask"], 4) > 0.7
 
 
-def test_brain_segmenter_recovers_the_phantom_masks() -> None:
-    batch = _batch(BrainPhantom("test", size=32, num_samples=8), 8)
+@pytest.mark.parametrize("size", [32, 64, 128])
+def test_brain_segmenter_recovers_the_phantom_masks(size: int) -> None:
+    # At 64^3 and 128^3 the skull is several voxels thick: a fixed erosion let it join the tumour (Dice 0.62 /
+    # 0.17, some volumes 0), so every size is checked and every volume must be found.
+    batch = _batch(BrainPhantom("test", size=size, num_samples=8), 8)
     seg = segment_brain_phantom(batch["image"])
     assert seg.shape == batch["mask"].shape and seg.dtype == torch.int64
     own = dice_per_label(seg, batch["mask"], 4)
-    assert own.mean() >= 0.8
+    assert own.mean() >= 0.9 and (own.mean(1) > 0.5).all()
     other = mean_dice(seg, batch["mask"].roll(1, 0), 4)
     assert other < float(own.mean()) - 0.3
 

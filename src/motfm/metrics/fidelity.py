@@ -117,9 +117,10 @@ def segment_echo_phantom(images: torch.Tensor) -> torch.Tensor:
 def segment_brain_phantom(volumes: torch.Tensor) -> torch.Tensor:
     """Recover the tumour label map of brain phantom volumes from their intensities.
 
-    Voxels well inside the head (at least three voxels from the black background, which excludes the bright
-    skull) are classified by intensity as enhancing rim (brighter than edema) or edema (between brain and
-    rim levels of :data:`motfm.data.phantom.BRAIN_LEVELS`); the non-enhancing core is what the rim encloses.
+    Voxels well inside the head (at least ``max(3, 5 S / 64)`` voxels from the black background for a side
+    ``S``, which excludes the bright skull at any size) are classified by intensity as enhancing rim (brighter
+    than edema) or edema (between brain and rim levels of :data:`motfm.data.phantom.BRAIN_LEVELS`); the
+    non-enhancing core is what the rim encloses.
     The result is reduced to the largest connected tumour (labels 1-3 together).
 
     Args:
@@ -135,10 +136,13 @@ def segment_brain_phantom(volumes: torch.Tensor) -> torch.Tensor:
     edema_min = (BRAIN_LEVELS["brain"] + BRAIN_LEVELS["edema"]) / 2
     rim_min = (BRAIN_LEVELS["edema"] + BRAIN_LEVELS["rim"]) / 2
     ball = ndimage.generate_binary_structure(3, 1)
+    # The skull is ~3 voxels thick at 64^3 and blurred: erode past it in proportion to the side, not into the
+    # tumour (its rim stays ~2 voxels inside the skull at 64^3).
+    erosion = max(3, round(5 * max(values.shape[1:]) / 64))
     out = np.zeros(values.shape, dtype=np.int64)
     for i, v in enumerate(values):
         head = ndimage.binary_fill_holes(v > BRAIN_LEVELS["csf"] / 2)
-        interior = ndimage.binary_erosion(head, ball, iterations=3)
+        interior = ndimage.binary_erosion(head, ball, iterations=erosion)
         rim = interior & (v >= rim_min)
         enclosed = ndimage.binary_fill_holes(rim)
         labels = np.where(rim, 3, np.where(enclosed, 2, np.where(interior & (v >= edema_min), 1, 0)))
