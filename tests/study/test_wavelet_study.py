@@ -40,6 +40,21 @@ def test_the_3d_study_compares_pixel_and_haar_at_the_same_widths_and_budget(tmp_
     assert dry_run(study, ["data.dataset.size=16", *TINY]) == ["pixel", "haar1", "haar2"]
 
 
+def test_the_128_study_runs_haar_alone_on_the_64_protocol(tmp_path):
+    big = load_study(FOLDER / "study_128.yaml", out_dir=tmp_path / "big")
+    small = load_study(FOLDER / "study.yaml", out_dir=tmp_path / "small")
+    assert list(big.models) == ["haar1"] and big.models["haar1"] == small.models["haar1"]
+    # Only the size (and how often a checkpoint is kept) differs from the 64^3 protocol.
+    differ = set(big.train_common) ^ set(small.train_common)
+    assert {o.split("=")[0] for o in differ} == {
+        "data.dataset.size",
+        "callbacks.periodic_checkpoint.every_n_train_steps",
+    }
+    assert "data.dataset.size=128" in big.train_common and big.eval_common == small.eval_common
+    assert runs(big) == {("haar1", "euler"): ("euler", [1, 2, 5, 10], [])}
+    assert dry_run(big, ["data.dataset.size=16", *TINY]) == ["haar1"]
+
+
 def test_the_2d_studies_build_at_a_tiny_size(tmp_path):
     echo = load_study(FOLDER / "study_echo_128.yaml", out_dir=tmp_path / "echo")
     assert "data.dataset.size=128" in echo.train_common and list(echo.models) == ["pixel", "haar1"]
