@@ -1,9 +1,14 @@
 """The Haar representation: band scales estimated, stored and restored; masks in coefficient space."""
 
+import logging
+
 import pytest
 import torch
+from hydra.utils import instantiate
 
+from cli_helpers import TINY_2D, compose_config
 from motfm.data.base import DataSpec
+from motfm.lit.module import GenerativeModule
 from motfm.nn.velocity import build_velocity_net
 from motfm.representation import HaarRepresentation, PixelRepresentation, representation_from_dict
 from motfm.representation.haar import haar_forward
@@ -128,3 +133,16 @@ def test_encode_and_decode_stay_exact_under_bf16_autocast():
     assert coeffs.dtype == torch.float32 and torch.equal(coeffs, rep.encode(x))
     assert back.dtype == torch.float32
     torch.testing.assert_close(back, rep.decode(coeffs.to(torch.bfloat16).float()), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("levels", "warned"), [(1, False), (2, True)])
+def test_a_network_narrower_than_its_coefficient_channels_is_warned_about(tmp_path, caplog, levels, warned):
+    # Two levels give 16 channels per echo channel, more than the 8 of the tiny network's first level (the
+    # 3D study's two-level arm: 64 channels into 32 left blocky noise in every sample).
+    haar = ["representation=haar", f"representation.levels={levels}"]
+    cfg = compose_config("train", [*TINY_2D, *haar], tmp_path)
+    with caplog.at_level(logging.WARNING, logger="motfm.lit.module"):
+        GenerativeModule.from_config(cfg, instantiate(cfg.data, seed=cfg.seed).spec)
+    narrower = [r.getMessage() for r in caplog.records if "first level is 8 wide" in r.getMessage()]
+    assert len(narrower) == warned
+    assert all(m.startswith(f"the representation gives the network {4**levels} channels") for m in narrower)
