@@ -1,5 +1,7 @@
 """SSIM / MS-SSIM in 2D and 3D, paired SSIM and intra-set MS-SSIM."""
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -90,3 +92,20 @@ def test_intra_set_ms_ssim_diversity() -> None:
     assert value < 0.5
     again = intra_set_ms_ssim(diverse, num_pairs=4, generator=torch.Generator().manual_seed(5))
     assert again == intra_set_ms_ssim(diverse, num_pairs=4, generator=torch.Generator().manual_seed(5))
+
+
+def test_large_volumes_are_scored_in_fewer_pairs_per_call_with_the_same_values(monkeypatch):
+    # 32 pairs of 128^3 volumes per call took 20.6 GiB; the cap lowers the pairs per call, never the values.
+    ssim_module = sys.modules["motfm.metrics.ssim"]  # the package re-exports a function of the same name
+    g = torch.Generator().manual_seed(3)
+    a, b = (torch.rand(6, 1, 24, 24, 24, generator=g) * 2 - 1 for _ in range(2))
+    whole = (paired_ssim(a, b), intra_set_ms_ssim(a, 10, torch.Generator().manual_seed(0)))
+    sizes = []
+    original = ssim_module.ssim
+    monkeypatch.setattr(
+        ssim_module, "ssim", lambda x, *args, **kw: sizes.append(len(x)) or original(x, *args, **kw)
+    )
+    monkeypatch.setattr(ssim_module, "MAX_VOXELS_PER_CALL", 2 * 24**3)
+    capped = (paired_ssim(a, b), intra_set_ms_ssim(a, 10, torch.Generator().manual_seed(0)))
+    assert sizes == [2, 2, 2]  # paired: 6 pairs, 2 per call
+    assert capped[0] == pytest.approx(whole[0], abs=1e-6) and capped[1] == pytest.approx(whole[1], abs=1e-6)

@@ -192,6 +192,16 @@ def ms_ssim(
     return _reduce(values.prod(1), reduction)
 
 
+# Voxels (pairs x channels x positions) per (MS-)SSIM call: 32 pairs of one-channel 64^3 volumes, a few GiB
+# of working memory; 32 pairs at 128^3 took 20.6 GiB on a CPU and killed a 24 GiB machine's evaluation.
+MAX_VOXELS_PER_CALL = 32 * 64**3
+
+
+def pairs_per_call(batch_size: int, images: Tensor) -> int:
+    """``batch_size``, lowered so one call holds at most :data:`MAX_VOXELS_PER_CALL` voxels (>= 1)."""
+    return max(1, min(batch_size, MAX_VOXELS_PER_CALL // max(1, images[0].numel())))
+
+
 def paired_ssim(fake: Tensor, real: Tensor, data_range: float = 2.0, batch_size: int = 32) -> float:
     """Mean SSIM between each generated image and its paired reference (conditional tasks).
 
@@ -199,7 +209,7 @@ def paired_ssim(fake: Tensor, real: Tensor, data_range: float = 2.0, batch_size:
         fake: ``[N, C, *spatial]`` generated images.
         real: ``[N, C, *spatial]`` references, ``real[i]`` paired with ``fake[i]``.
         data_range: intensity span (2.0 for [-1, 1]).
-        batch_size: pairs evaluated per call.
+        batch_size: pairs evaluated per call (fewer for large volumes: :func:`pairs_per_call`).
 
     Returns:
         The mean of the per-pair SSIM values.
@@ -208,9 +218,10 @@ def paired_ssim(fake: Tensor, real: Tensor, data_range: float = 2.0, batch_size:
         raise ValueError(
             f"fake and real must have equal shapes, got {tuple(fake.shape)} and {tuple(real.shape)}"
         )
+    step = pairs_per_call(batch_size, fake)
     values = [
-        ssim(fake[i : i + batch_size], real[i : i + batch_size], data_range=data_range, reduction="none")
-        for i in range(0, fake.shape[0], batch_size)
+        ssim(fake[i : i + step], real[i : i + step], data_range=data_range, reduction="none")
+        for i in range(0, fake.shape[0], step)
     ]
     return float(torch.cat(values).mean())
 
@@ -251,7 +262,7 @@ def intra_set_ms_ssim(
             ``N (N - 1) / 2``.
         generator: CPU generator for the pair draw; ``None`` uses the global RNG.
         data_range: intensity span (2.0 for [-1, 1]).
-        batch_size: pairs evaluated per call.
+        batch_size: pairs evaluated per call (fewer for large volumes: :func:`pairs_per_call`).
 
     Returns:
         The mean MS-SSIM (scales chosen as in :func:`ms_ssim` with ``scales=None``).
@@ -261,13 +272,14 @@ def intra_set_ms_ssim(
         raise ValueError(f"need N >= 2 images and num_pairs >= 1, got N={n}, num_pairs={num_pairs}")
     first, second = _sample_pairs(n, num_pairs, generator)
     first, second = first.to(images.device), second.to(images.device)
+    step = pairs_per_call(batch_size, images)
     values = [
         ms_ssim(
-            images[first[i : i + batch_size]],
-            images[second[i : i + batch_size]],
+            images[first[i : i + step]],
+            images[second[i : i + step]],
             data_range=data_range,
             reduction="none",
         )
-        for i in range(0, first.numel(), batch_size)
+        for i in range(0, first.numel(), step)
     ]
     return float(torch.cat(values).mean())
