@@ -161,10 +161,11 @@ class GenerativeModule(L.LightningModule):
         """Build the objective, the network and the module described by a composed training config."""
         objective: Objective = instantiate(cfg.method)
         representation = build_representation(cfg, spec)
+        coeff_spec = representation.coeff_spec(spec)
         net = instantiate(cfg.model, _partial_=True)(
-            spec=representation.coeff_spec(spec), **objective.net_kwargs(), **representation.net_kwargs()
+            spec=coeff_spec, **objective.net_kwargs(), **representation.net_kwargs()
         )
-        warn_if_narrower(representation.coeff_spec(spec).channels, cfg.model.get("channels"))
+        warn_if_narrower(coeff_spec.channels, cfg.model.get("channels"))
         if cfg.get("init_ckpt"):
             load_weights(net, cfg.init_ckpt)
         return cls(

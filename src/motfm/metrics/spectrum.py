@@ -35,7 +35,7 @@ def radial_power_spectrum(images: Tensor, bins: int | None = None, chunk: int = 
         images: ``[N, C, *spatial]`` (2 or 3 spatial axes).
         bins: radial bins of equal width over ``[0, 0.5]`` cycles per pixel (default: half the smallest side);
             frequencies beyond Nyquist along the diagonal (``|f| > 0.5``) are left out.
-        chunk: images transformed at a time (the float64 FFT of 48 volumes at 128^3 at once took ~10 GiB).
+        chunk: images transformed at a time (48 volumes at 128^3 at once took 3.8 GiB in float64; 4, 0.35).
 
     Returns:
         float64 ``[bins]``: the mean power in each bin (bin ``b`` covers ``[b, b + 1) * 0.5 / bins``).
