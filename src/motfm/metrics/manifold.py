@@ -24,12 +24,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from motfm.metrics.batching import items_per_call
 from motfm.metrics.neighbours import (
     DEFAULT_BLOCK_ELEMENTS,
     GRAM_RTOL,
     flatten,
     knn,
-    query_rows,
     squared_distances,
 )
 
@@ -91,7 +91,7 @@ def manifold_metrics(
     in_real_balls = torch.zeros(y.shape[0], dtype=torch.int64)
     covered = torch.zeros(x.shape[0], dtype=torch.bool)
     recalled = torch.zeros(x.shape[0], dtype=torch.bool)
-    rows = query_rows(x.shape[0], block_elements)
+    rows = items_per_call(x.shape[0], block_elements)
     for start in range(0, y.shape[0], rows):
         stop = start + rows
         d2 = squared_distances(y[start:stop], x, y_sq[start:stop], x_sq)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from motfm.metrics.batching import items_per_call
+
 # 2^23 float64 values = 64 MiB per distance block.
 DEFAULT_BLOCK_ELEMENTS = 1 << 23
 # Relative rounding bound of the float64 Gram expansion for inputs of up to ~10^5 dimensions; only decides
@@ -41,11 +43,6 @@ def squared_distances(a: Tensor, b: Tensor, a_sq: Tensor | None = None, b_sq: Te
     a_sq = a.square().sum(1) if a_sq is None else a_sq
     b_sq = b.square().sum(1) if b_sq is None else b_sq
     return (a_sq[:, None] + b_sq[None, :] - 2.0 * (a @ b.T)).clamp_min_(0.0)
-
-
-def query_rows(columns: int, budget: int) -> int:
-    """Rows of a ``[rows, columns]`` block that fit in ``budget`` elements (at least 1)."""
-    return max(1, budget // max(1, columns))
 
 
 class NearestNeighbours:
@@ -88,7 +85,7 @@ class NearestNeighbours:
         self.seen = max(self.seen, offset + refs.shape[0])
         refs_sq = refs.square().sum(1)
         keep = min(self.k, refs.shape[0])
-        rows = query_rows(max(refs.shape[0], keep * refs.shape[1]), self.block_elements)
+        rows = items_per_call(max(refs.shape[0], keep * refs.shape[1]), self.block_elements)
         for start in range(0, self.queries.shape[0], rows):
             q = self.queries[start : start + rows]
             d2 = squared_distances(q, refs, self.queries_sq[start : start + rows], refs_sq)
@@ -137,7 +134,7 @@ def knn(
     """
     refs = queries if references is None else references
     finder = NearestNeighbours(queries, k, exclude_self=references is None, block_elements=block_elements)
-    chunk = max(k, query_rows(flatten(refs[:1]).shape[1], block_elements))
+    chunk = max(k, items_per_call(flatten(refs[:1]).shape[1], block_elements))
     for start in range(0, refs.shape[0], chunk):
         finder.update(refs[start : start + chunk], start)
     return finder.result()

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from motfm.metrics.batching import items_per_call
+
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 Reduction = Literal["mean", "none"]
@@ -197,11 +199,6 @@ def ms_ssim(
 MAX_VOXELS_PER_CALL = 32 * 64**3
 
 
-def pairs_per_call(batch_size: int, images: Tensor) -> int:
-    """``batch_size``, lowered so one call holds at most :data:`MAX_VOXELS_PER_CALL` voxels (>= 1)."""
-    return max(1, min(batch_size, MAX_VOXELS_PER_CALL // max(1, images[0].numel())))
-
-
 def paired_ssim(fake: Tensor, real: Tensor, data_range: float = 2.0, batch_size: int = 32) -> float:
     """Mean SSIM between each generated image and its paired reference (conditional tasks).
 
@@ -209,7 +206,8 @@ def paired_ssim(fake: Tensor, real: Tensor, data_range: float = 2.0, batch_size:
         fake: ``[N, C, *spatial]`` generated images.
         real: ``[N, C, *spatial]`` references, ``real[i]`` paired with ``fake[i]``.
         data_range: intensity span (2.0 for [-1, 1]).
-        batch_size: pairs evaluated per call (fewer for large volumes: :func:`pairs_per_call`).
+        batch_size: pairs evaluated per call (fewer for large volumes, at most
+            :data:`MAX_VOXELS_PER_CALL` voxels per call).
 
     Returns:
         The mean of the per-pair SSIM values.
@@ -218,7 +216,7 @@ def paired_ssim(fake: Tensor, real: Tensor, data_range: float = 2.0, batch_size:
         raise ValueError(
             f"fake and real must have equal shapes, got {tuple(fake.shape)} and {tuple(real.shape)}"
         )
-    step = pairs_per_call(batch_size, fake)
+    step = items_per_call(fake[0].numel(), MAX_VOXELS_PER_CALL, most=batch_size)
     values = [
         ssim(fake[i : i + step], real[i : i + step], data_range=data_range, reduction="none")
         for i in range(0, fake.shape[0], step)
@@ -262,7 +260,8 @@ def intra_set_ms_ssim(
             ``N (N - 1) / 2``.
         generator: CPU generator for the pair draw; ``None`` uses the global RNG.
         data_range: intensity span (2.0 for [-1, 1]).
-        batch_size: pairs evaluated per call (fewer for large volumes: :func:`pairs_per_call`).
+        batch_size: pairs evaluated per call (fewer for large volumes, at most
+            :data:`MAX_VOXELS_PER_CALL` voxels per call).
 
     Returns:
         The mean MS-SSIM (scales chosen as in :func:`ms_ssim` with ``scales=None``).
@@ -272,7 +271,7 @@ def intra_set_ms_ssim(
         raise ValueError(f"need N >= 2 images and num_pairs >= 1, got N={n}, num_pairs={num_pairs}")
     first, second = _sample_pairs(n, num_pairs, generator)
     first, second = first.to(images.device), second.to(images.device)
-    step = pairs_per_call(batch_size, images)
+    step = items_per_call(images[0].numel(), MAX_VOXELS_PER_CALL, most=batch_size)
     values = [
         ms_ssim(
             images[first[i : i + step]],
