@@ -27,9 +27,11 @@ def runs(study: Study) -> dict[tuple[str, str], tuple[str, list[int], list[str]]
 
 def test_the_3d_study_compares_pixel_and_haar_at_the_same_widths_and_budget(tmp_path):
     study = load_study(FOLDER / "study.yaml", out_dir=tmp_path)
-    assert list(study.models) == ["pixel", "haar1", "haar2", "haar2_wide"]
+    assert list(study.models) == ["pixel", "haar1", "haar2", "haar2_wide", "haar2_none"]
     # The amendment's arm: two levels with a first level as wide as the 64 coefficient channels.
     assert study.models["haar2_wide"] == [*study.models["haar2"], "model.channels=[64,128,256]"]
+    # The second amendment's arm: two levels at the shared widths, coefficients not scaled per band.
+    assert study.models["haar2_none"] == [*study.models["haar2"], "representation.band_scale=none"]
     assert "callbacks.compute_budget.cpu_seconds=3600" in study.train_common
     every = ("euler", [1, 2, 5, 10], [])
     assert runs(study) == {
@@ -38,9 +40,10 @@ def test_the_3d_study_compares_pixel_and_haar_at_the_same_widths_and_budget(tmp_
         ("haar1", "euler_fp32"): ("euler", [1, 10], ["precision=fp32"]),  # the check of bf16 sampling
         ("haar2", "euler"): every,
         ("haar2_wide", "euler"): every,
+        ("haar2_none", "euler"): every,
     }
     assert "psd_hf_log_error" in study.metrics and "mmd_rbf" in study.metrics
-    assert dry_run(study, ["data.dataset.size=16", *TINY]) == ["pixel", "haar1", "haar2", "haar2_wide"]
+    assert dry_run(study, ["data.dataset.size=16", *TINY]) == ["pixel", "haar1", "haar2", "haar2_wide", "haar2_none"]
 
 
 def test_the_128_study_runs_haar_alone_on_the_64_protocol(tmp_path):
