@@ -43,7 +43,13 @@ def test_the_3d_study_compares_pixel_and_haar_at_the_same_widths_and_budget(tmp_
         ("haar2_none", "euler"): every,
     }
     assert "psd_hf_log_error" in study.metrics and "mmd_rbf" in study.metrics
-    assert dry_run(study, ["data.dataset.size=16", *TINY]) == ["pixel", "haar1", "haar2", "haar2_wide", "haar2_none"]
+    assert dry_run(study, ["data.dataset.size=16", *TINY]) == [
+        "pixel",
+        "haar1",
+        "haar2",
+        "haar2_wide",
+        "haar2_none",
+    ]
 
 
 def test_the_128_study_runs_haar_alone_on_the_64_protocol(tmp_path):
